@@ -1,0 +1,43 @@
+package gdiv
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Functions wrap them with details (row, column, value),
+// so test with errors.Is.
+var (
+	// ErrEmpty: there are no examples (n = 0).
+	ErrEmpty = errors.New("gdiv: empty input: no examples (n = 0)")
+	// ErrZeroDim: the examples have no coordinates (d = 0).
+	ErrZeroDim = errors.New("gdiv: zero dimension: rows have no coordinates (d = 0)")
+	// ErrNonFinite: an input value is NaN or ±Inf.
+	ErrNonFinite = errors.New("gdiv: non-finite value (NaN or Inf)")
+	// ErrOverflow: all inputs are finite but a sum of squares overflowed float64.
+	ErrOverflow = errors.New("gdiv: float64 overflow in a sum of squares")
+	// ErrAllZero: every gradient is zero, so the diversity is 0/0 and undefined.
+	ErrAllZero = errors.New("gdiv: all gradients are zero: diversity is 0/0 (undefined)")
+	// ErrTooFew: an unbiased estimate needs at least two examples in the batch.
+	ErrTooFew = errors.New("gdiv: an unbiased estimate needs a batch of at least 2 examples")
+	// ErrShape: buffers or arguments have inconsistent sizes.
+	ErrShape = errors.New("gdiv: shape mismatch")
+	// ErrParam: a parameter is outside its valid range.
+	ErrParam = errors.New("gdiv: invalid parameter")
+)
+
+// nonFiniteAt returns an ErrNonFinite naming the first non-finite entry of a
+// row-major n×d buffer, or nil when every entry is finite.
+func nonFiniteAt[T float32 | float64](grads []T, d int, what string) error {
+	for k, v := range grads {
+		f := float64(v)
+		if f-f != 0 { // NaN or ±Inf
+			return fmt.Errorf("%w in %s at row %d, column %d: %v", ErrNonFinite, what, k/d, k%d, f)
+		}
+	}
+	return nil
+}
+
+func paramErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrParam}, args...)...)
+}
