@@ -1,0 +1,257 @@
+package gdiv
+
+import (
+	"fmt"
+	"math"
+)
+
+// Estimate holds estimates of the population quantities M², G and
+// B_S = M²/G of a data set, from one batch or smoothed over many.
+type Estimate struct {
+	// Batch is the number of per-example gradients behind the estimate (the
+	// large batch for a two-scale estimate; 0 for a smoothed estimate).
+	Batch int
+	// M2 estimates M² = (1/n) Σ‖∇f_i‖² (unbiased for a single batch).
+	M2 float64
+	// G estimates G = ‖∇F‖² (unbiased for a single batch). It can be ≤ 0
+	// when the batch shows no evidence of a common gradient direction.
+	G float64
+	// BatchBound is M2/G, the estimate of B_S. It is +Inf when G ≤ 0.
+	BatchBound float64
+	// NoiseScale is BatchBound − 1, the estimate of trΣ/‖G‖².
+	NoiseScale float64
+	// NoSignal reports G ≤ 0: noise dominates, there is no evidence of a
+	// signal, and a batch-size policy should go to its maximum. It is
+	// reported separately so callers can log it, rather than infer it from
+	// an infinite BatchBound.
+	NoSignal bool
+}
+
+// newEstimate completes an Estimate from M̂² and Ĝ; the one place the ratio
+// and the "no signal" convention are formed.
+func newEstimate(batch int, m2, g float64) Estimate {
+	e := Estimate{Batch: batch, M2: m2, G: g}
+	if g <= 0 {
+		e.NoSignal = true
+		e.BatchBound = math.Inf(1)
+		e.NoiseScale = math.Inf(1)
+		return e
+	}
+	e.BatchBound = m2 / g
+	e.NoiseScale = e.BatchBound - 1
+	return e
+}
+
+// EstimateBatch returns the unbiased estimates from one batch of b
+// per-example gradients drawn uniformly WITH replacement (the paper's
+// sampling), given sumSqNorms = Σ‖g_i‖² and sqNormOfSum = ‖Σ g_i‖² over the
+// batch:
+//
+//	M̂² = Σ‖g_i‖²/b,   ‖ḡ‖² = ‖Σ g_i‖²/b²,   Ĝ = (b‖ḡ‖² − M̂²)/(b − 1),
+//
+// unbiased because E‖ḡ‖² = G + (M² − G)/b. B̂_S = M̂²/Ĝ is a ratio of
+// unbiased estimates; it is not itself unbiased (smooth with Estimator, a
+// ratio of averages, rather than averaging B̂_S). Note that b·Δ_batch =
+// b·Σ‖g_i‖²/‖Σ g_i‖² is not an estimate of B_S: it never exceeds b.
+//
+// It returns ErrTooFew if b < 2, ErrNonFinite for non-finite sums, and
+// ErrParam for negative sums.
+func EstimateBatch(b int, sumSqNorms, sqNormOfSum float64) (Estimate, error) {
+	if err := checkBatchSums(b, sumSqNorms, sqNormOfSum); err != nil {
+		return Estimate{}, err
+	}
+	bf := float64(b)
+	m2 := sumSqNorms / bf
+	mean2 := sqNormOfSum / (bf * bf)
+	return newEstimate(b, m2, (bf*mean2-m2)/(bf-1)), nil
+}
+
+// EstimateBatchFinite is EstimateBatch for b distinct examples drawn
+// WITHOUT replacement from a data set of n examples (a shuffled epoch).
+// With σ² = M² − G the finite-population variance,
+//
+//	E‖ḡ‖² = G + c·σ²,  c = (n − b)/(b(n − 1)),
+//
+// so Ĝ = (‖ḡ‖² − c·M̂²)/(1 − c), which is exact (Ĝ = ‖ḡ‖² = G) when b = n
+// and tends to EstimateBatch's Ĝ as n → ∞. M̂² = Σ‖g_i‖²/b is unbiased
+// under both samplings.
+//
+// It returns ErrTooFew if b < 2 and ErrParam if b > n.
+func EstimateBatchFinite(b, n int, sumSqNorms, sqNormOfSum float64) (Estimate, error) {
+	if err := checkBatchSums(b, sumSqNorms, sqNormOfSum); err != nil {
+		return Estimate{}, err
+	}
+	if n < b {
+		return Estimate{}, paramErr("batch of %d distinct examples from a population of %d: want b ≤ n", b, n)
+	}
+	bf, nf := float64(b), float64(n)
+	m2 := sumSqNorms / bf
+	mean2 := sqNormOfSum / (bf * bf)
+	c := (nf - bf) / (bf * (nf - 1))
+	return newEstimate(b, m2, (mean2-c*m2)/(1-c)), nil
+}
+
+func checkBatchSums(b int, sumSqNorms, sqNormOfSum float64) error {
+	if b < 2 {
+		return fmt.Errorf("%w (got b = %d): with one example, signal and noise cannot be separated", ErrTooFew, b)
+	}
+	if math.IsNaN(sumSqNorms) || math.IsInf(sumSqNorms, 0) || math.IsNaN(sqNormOfSum) || math.IsInf(sqNormOfSum, 0) {
+		return fmt.Errorf("%w: sum_sq_norms = %v, sq_norm_of_sum = %v", ErrNonFinite, sumSqNorms, sqNormOfSum)
+	}
+	if sumSqNorms < 0 || sqNormOfSum < 0 {
+		return paramErr("negative sum of squares: sum_sq_norms = %v, sq_norm_of_sum = %v", sumSqNorms, sqNormOfSum)
+	}
+	return nil
+}
+
+// EstimateTwoScale returns unbiased estimates from gradients averaged at two
+// batch scales, for data-parallel training without per-example gradients
+// (McCandlish et al., 2018, Appendix A.1). With P ranks of bSmall examples
+// each, sqNormSmall is the mean over ranks of ‖ḡ_r‖² (each rank's local mean
+// gradient) and sqNormBig = ‖ḡ‖² of the global mean over bBig = P·bSmall
+// examples. Since E‖ḡ_B‖² = G + trΣ/B for i.i.d. draws,
+//
+//	Ĝ   = (B_big‖ḡ_big‖² − B_small‖ḡ_small‖²)/(B_big − B_small),
+//	trΣ̂ = (‖ḡ_small‖² − ‖ḡ_big‖²)/(1/B_small − 1/B_big),
+//	M̂²  = trΣ̂ + Ĝ,
+//
+// all unbiased. With bSmall = 1 and sqNormSmall = Σ‖g_i‖²/b this is exactly
+// EstimateBatch. Ranks that shuffle without replacement make it approximate
+// (the bias is O(b/n)).
+//
+// It returns ErrParam unless 1 ≤ bSmall < bBig, and ErrNonFinite for
+// non-finite inputs.
+func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float64) (Estimate, error) {
+	if bSmall < 1 || bBig <= bSmall {
+		return Estimate{}, paramErr("two-scale batches b_small = %d, b_big = %d: want 1 ≤ b_small < b_big", bSmall, bBig)
+	}
+	if err := checkBatchSums(2, sqNormSmall, sqNormBig); err != nil {
+		return Estimate{}, err
+	}
+	bs, bb := float64(bSmall), float64(bBig)
+	g := (bb*sqNormBig - bs*sqNormSmall) / (bb - bs)
+	trSigma := (sqNormSmall - sqNormBig) / (1/bs - 1/bb)
+	return newEstimate(bBig, trSigma+g, g), nil
+}
+
+// EstimateFromGrads returns EstimateBatch for a batch given as b per-example
+// gradients in a row-major b×d buffer. Errors are those of ComputeStats and
+// EstimateBatch; it panics if len(grads) != b·d.
+func EstimateFromGrads(grads []float64, b, d int) (Estimate, error) {
+	return estimateFromGrads(grads, b, d)
+}
+
+// EstimateFromGrads32 is EstimateFromGrads for float32 gradients.
+func EstimateFromGrads32(grads []float32, b, d int) (Estimate, error) {
+	return estimateFromGrads(grads, b, d)
+}
+
+func estimateFromGrads[T float32 | float64](grads []T, b, d int) (Estimate, error) {
+	checkShape(len(grads), b, d, "grads")
+	if b == 0 {
+		return Estimate{}, ErrEmpty
+	}
+	if d == 0 {
+		return Estimate{}, ErrZeroDim
+	}
+	sum := getSum(d)
+	defer putSum(sum)
+	sq := accumulateRows(sum, grads, b, d)
+	if err := finiteOr(sq, grads, d, "grads"); err != nil {
+		return Estimate{}, err
+	}
+	return EstimateBatch(b, sq, sqNorm(sum))
+}
+
+// Estimator smooths per-batch estimates over training steps as a RATIO OF
+// EXPONENTIAL MOVING AVERAGES: the smoothed B̂_S is EMA(M̂²)/EMA(Ĝ), each EMA
+// debiased like Adam's moments (divided by 1 − β^t). An EMA of the ratios
+// M̂²/Ĝ would be dominated by the batches where Ĝ is near zero (the ratio is
+// heavy-tailed and undefined at Ĝ = 0); the ratio of EMAs averages the two
+// unbiased estimates first and divides once. The debias factors cancel in
+// the ratio but matter for the reported M² and G.
+//
+// The zero value is an estimator with Beta = 0 (no smoothing: the smoothed
+// estimate is the latest batch's). An Estimator is not safe for
+// concurrent use.
+type Estimator struct {
+	// Beta is the EMA decay in [0, 1): each update keeps Beta of the old
+	// average. 0.9–0.99 suit training; larger is smoother and slower.
+	Beta float64
+
+	state EstimatorState
+}
+
+// EstimatorState is the complete state of an Estimator, for checkpoints:
+// restoring it with SetState makes a resumed run produce the same estimates.
+type EstimatorState struct {
+	Beta   float64 `json:"beta"`
+	Steps  int     `json:"steps"`  // updates so far
+	EMAM2  float64 `json:"ema_m2"` // biased EMA of M̂²
+	EMAG   float64 `json:"ema_g"`  // biased EMA of Ĝ
+	Weight float64 `json:"weight"` // 1 − Beta^Steps, the debias divisor
+}
+
+// Update folds one per-batch estimate (from EstimateBatch,
+// EstimateBatchFinite or EstimateTwoScale) into the moving averages and
+// returns the smoothed estimate. A non-finite estimate is rejected with
+// ErrNonFinite and leaves the state unchanged. It panics if Beta is outside
+// [0, 1) or NaN.
+func (e *Estimator) Update(est Estimate) (Estimate, error) {
+	if !(e.Beta >= 0 && e.Beta < 1) {
+		panic(fmt.Sprintf("gdiv: Estimator.Beta = %v, want 0 ≤ beta < 1", e.Beta))
+	}
+	if math.IsNaN(est.M2) || math.IsInf(est.M2, 0) || math.IsNaN(est.G) || math.IsInf(est.G, 0) {
+		return Estimate{}, fmt.Errorf("%w in estimate: m2 = %v, g = %v", ErrNonFinite, est.M2, est.G)
+	}
+	s := &e.state
+	if s.Steps > 0 && s.Beta != e.Beta {
+		panic(fmt.Sprintf("gdiv: Estimator.Beta changed from %v to %v after %d updates", s.Beta, e.Beta, s.Steps))
+	}
+	s.Beta = e.Beta
+	s.Steps++
+	s.EMAM2 = e.Beta*s.EMAM2 + (1-e.Beta)*est.M2
+	s.EMAG = e.Beta*s.EMAG + (1-e.Beta)*est.G
+	s.Weight = e.Beta*s.Weight + (1 - e.Beta) // = 1 − β^t without a power
+	return e.Smoothed(), nil
+}
+
+// Smoothed returns the current debiased ratio-of-EMAs estimate (Batch = 0).
+// Before the first update it returns the zero Estimate with NoSignal set
+// and an infinite BatchBound.
+func (e *Estimator) Smoothed() Estimate {
+	s := e.state
+	if s.Steps == 0 {
+		return newEstimate(0, 0, 0)
+	}
+	return newEstimate(0, s.EMAM2/s.Weight, s.EMAG/s.Weight)
+}
+
+// Steps returns the number of updates so far.
+func (e *Estimator) Steps() int { return e.state.Steps }
+
+// State returns a copy of the complete state.
+func (e *Estimator) State() EstimatorState {
+	s := e.state
+	s.Beta = e.Beta
+	return s
+}
+
+// SetState restores a state returned by State, including Beta.
+// It returns ErrParam for an inconsistent state (negative steps, Beta
+// outside [0, 1), weight outside (0, 1] after a step, non-finite values).
+func (e *Estimator) SetState(s EstimatorState) error {
+	switch {
+	case !(s.Beta >= 0 && s.Beta < 1):
+		return paramErr("estimator state beta = %v, want 0 ≤ beta < 1", s.Beta)
+	case s.Steps < 0:
+		return paramErr("estimator state steps = %d is negative", s.Steps)
+	case s.Steps > 0 && !(s.Weight > 0 && s.Weight <= 1):
+		return paramErr("estimator state weight = %v after %d steps, want 0 < weight ≤ 1", s.Weight, s.Steps)
+	case math.IsNaN(s.EMAM2) || math.IsInf(s.EMAM2, 0) || math.IsNaN(s.EMAG) || math.IsInf(s.EMAG, 0):
+		return fmt.Errorf("%w in estimator state: ema_m2 = %v, ema_g = %v", ErrNonFinite, s.EMAM2, s.EMAG)
+	}
+	e.Beta = s.Beta
+	e.state = s
+	return nil
+}

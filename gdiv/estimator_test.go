@@ -1,0 +1,330 @@
+package gdiv
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// batchSums returns Σ‖g_i‖² and ‖Σ g_i‖² over the rows idx of data.
+func batchSums(data [][]float64, idx []int) (sumSq, sqSum float64) {
+	sum := make([]float64, len(data[0]))
+	for _, i := range idx {
+		for k, v := range data[i] {
+			sumSq += v * v
+			sum[k] += v
+		}
+	}
+	for _, v := range sum {
+		sqSum += v * v
+	}
+	return sumSq, sqSum
+}
+
+// forEachTuple calls f with every ordered b-tuple of [0, n) (n^b of them):
+// all batches drawn with replacement, each of probability n^-b.
+func forEachTuple(n, b int, f func(idx []int)) {
+	idx := make([]int, b)
+	for {
+		f(idx)
+		k := b - 1
+		for k >= 0 && idx[k] == n-1 {
+			idx[k] = 0
+			k--
+		}
+		if k < 0 {
+			return
+		}
+		idx[k]++
+	}
+}
+
+// forEachSubset calls f with every b-subset of [0, n): all batches drawn
+// without replacement, each equally likely.
+func forEachSubset(n, b int, f func(idx []int)) {
+	idx := make([]int, b)
+	var rec func(pos, start int)
+	rec = func(pos, start int) {
+		if pos == b {
+			f(idx)
+			return
+		}
+		for i := start; i <= n-(b-pos); i++ {
+			idx[pos] = i
+			rec(pos+1, i+1)
+		}
+	}
+	rec(0, 0)
+}
+
+// population returns the exact M² and G of a small data set.
+func population(t *testing.T, data [][]float64) (m2, g float64) {
+	st := mustStats(t, data)
+	return st.M2, st.G
+}
+
+func TestEstimateBatchUnbiasedByEnumeration(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	data := randRows(rng, 4, 3)
+	for i := range data { // a common direction so that G is not tiny
+		data[i][0] += 1.5
+	}
+	m2, g := population(t, data)
+	for _, b := range []int{2, 3, 4} {
+		var sumM2, sumG, count float64
+		forEachTuple(len(data), b, func(idx []int) {
+			sq, ss := batchSums(data, idx)
+			e, err := EstimateBatch(b, sq, ss)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sumM2 += e.M2
+			sumG += e.G
+			count++
+		})
+		if !near(sumM2/count, m2, tolExact) || !near(sumG/count, g, tolExact) {
+			t.Errorf("b=%d: E[M̂²] = %v (M² = %v), E[Ĝ] = %v (G = %v)", b, sumM2/count, m2, sumG/count, g)
+		}
+	}
+}
+
+func TestEstimateBatchFiniteUnbiasedByEnumeration(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 24))
+	data := randRows(rng, 6, 2)
+	for i := range data {
+		data[i][1] -= 0.7
+	}
+	m2, g := population(t, data)
+	n := len(data)
+	for b := 2; b <= n; b++ {
+		var sumM2, sumG, sumGRepl, count float64
+		forEachSubset(n, b, func(idx []int) {
+			sq, ss := batchSums(data, idx)
+			e, err := EstimateBatchFinite(b, n, sq, ss)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, _ := EstimateBatch(b, sq, ss)
+			sumM2 += e.M2
+			sumG += e.G
+			sumGRepl += r.G
+			count++
+		})
+		if !near(sumM2/count, m2, tolExact) || !near(sumG/count, g, tolExact) {
+			t.Errorf("b=%d: E[M̂²] = %v (M² = %v), E[Ĝ] = %v (G = %v)", b, sumM2/count, m2, sumG/count, g)
+		}
+		// The with-replacement formula is biased under this sampling, so the
+		// distinction matters: its mean misses G by a visible margin.
+		if near(sumGRepl/count, g, 1e-6) {
+			t.Errorf("b=%d: the with-replacement Ĝ is unexpectedly unbiased without replacement", b)
+		}
+	}
+	// b = n: the whole data set, Ĝ is exactly G.
+	sq, ss := batchSums(data, []int{0, 1, 2, 3, 4, 5})
+	if e, _ := EstimateBatchFinite(n, n, sq, ss); !near(e.G, g, tolExact) {
+		t.Errorf("b = n: Ĝ = %v, want G = %v", e.G, g)
+	}
+}
+
+func TestEstimateTwoScaleUnbiasedByEnumeration(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 26))
+	data := randRows(rng, 3, 2)
+	for i := range data {
+		data[i][0] += 1
+	}
+	m2, g := population(t, data)
+	// P = 2 ranks × bSmall = 2 examples: all 3^4 ordered global batches.
+	const ranks, bSmall = 2, 2
+	bBig := ranks * bSmall
+	var sumM2, sumG, count float64
+	forEachTuple(len(data), bBig, func(idx []int) {
+		var small float64
+		for r := range ranks {
+			_, ss := batchSums(data, idx[r*bSmall:(r+1)*bSmall])
+			small += ss / float64(bSmall*bSmall) / ranks // ‖local mean‖², averaged over ranks
+		}
+		_, ssBig := batchSums(data, idx)
+		e, err := EstimateTwoScale(bSmall, small, bBig, ssBig/float64(bBig*bBig))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sumM2 += e.M2
+		sumG += e.G
+		count++
+	})
+	if !near(sumM2/count, m2, tolExact) || !near(sumG/count, g, tolExact) {
+		t.Errorf("two-scale: E[M̂²] = %v (M² = %v), E[Ĝ] = %v (G = %v)", sumM2/count, m2, sumG/count, g)
+	}
+}
+
+func TestEstimateTwoScaleWithUnitSmallBatchIsPerExample(t *testing.T) {
+	rng := rand.New(rand.NewPCG(27, 28))
+	rows := randRows(rng, 8, 5)
+	idx := []int{0, 1, 2, 3, 4, 5, 6, 7}
+	sq, ss := batchSums(rows, idx)
+	b := len(idx)
+	want, _ := EstimateBatch(b, sq, ss)
+	got, err := EstimateTwoScale(1, sq/float64(b), b, ss/float64(b*b))
+	if err != nil || !near(got.M2, want.M2, tolExact) || !near(got.G, want.G, tolExact) || !near(got.BatchBound, want.BatchBound, 1e-10) {
+		t.Errorf("two-scale(1, b) = %+v, %v; per-example = %+v", got, err, want)
+	}
+	fromGrads, err := EstimateFromGrads(flatten(rows), b, 5)
+	if err != nil || !near(fromGrads.G, want.G, tolExact) {
+		t.Errorf("EstimateFromGrads = %+v, %v", fromGrads, err)
+	}
+	fromGrads32, err := EstimateFromGrads32(toF32(flatten(rows)), b, 5)
+	if err != nil || !near(fromGrads32.M2, want.M2, 1e-6) {
+		t.Errorf("EstimateFromGrads32 = %+v, %v", fromGrads32, err)
+	}
+}
+
+func TestEstimateNoSignal(t *testing.T) {
+	// (1,0) and (−1,0): M̂² = 1, ‖ḡ‖² = 0, Ĝ = (2·0 − 1)/1 = −1.
+	e, err := EstimateFromGrads([]float64{1, 0, -1, 0}, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.NoSignal || e.G != -1 || !math.IsInf(e.BatchBound, 1) || !math.IsInf(e.NoiseScale, 1) {
+		t.Errorf("cancelling batch: %+v, want NoSignal, G = -1, infinite bound", e)
+	}
+	// Ĝ exactly 0 is also "no signal": (1,0),(0,1),(−1,0)... use b=2, ‖ḡ‖² = M̂²/2.
+	e, _ = EstimateBatch(2, 2, 2) // M̂² = 1, ‖ḡ‖² = 0.5 → Ĝ = 0
+	if !e.NoSignal || e.G != 0 {
+		t.Errorf("Ĝ = 0: %+v", e)
+	}
+}
+
+func TestEstimateErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"b=1", func() error { _, err := EstimateBatch(1, 1, 1); return err }(), ErrTooFew},
+		{"b=0", func() error { _, err := EstimateBatchFinite(0, 5, 1, 1); return err }(), ErrTooFew},
+		{"b>n", func() error { _, err := EstimateBatchFinite(6, 5, 1, 1); return err }(), ErrParam},
+		{"nan", func() error { _, err := EstimateBatch(4, math.NaN(), 1); return err }(), ErrNonFinite},
+		{"negative", func() error { _, err := EstimateBatch(4, -1, 1); return err }(), ErrParam},
+		{"two-scale order", func() error { _, err := EstimateTwoScale(4, 1, 4, 1); return err }(), ErrParam},
+		{"two-scale zero", func() error { _, err := EstimateTwoScale(0, 1, 4, 1); return err }(), ErrParam},
+		{"two-scale inf", func() error { _, err := EstimateTwoScale(1, math.Inf(1), 4, 1); return err }(), ErrNonFinite},
+		{"grads b=1", func() error { _, err := EstimateFromGrads([]float64{1, 2}, 1, 2); return err }(), ErrTooFew},
+		{"grads NaN", func() error { _, err := EstimateFromGrads([]float64{1, math.NaN()}, 2, 1); return err }(), ErrNonFinite},
+	} {
+		if !errors.Is(tc.err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", tc.name, tc.err, tc.want)
+		}
+	}
+}
+
+func TestEstimatorRatioOfEMAs(t *testing.T) {
+	ests := []Estimate{newEstimate(4, 2, 1), newEstimate(4, 3, 0.1), newEstimate(4, 1, 0.5)}
+	e := Estimator{Beta: 0.5}
+	var got Estimate
+	for _, x := range ests {
+		var err error
+		if got, err = e.Update(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// By hand: EMA_M2 = 0.5³·0 + 0.5²·0.5·2 + 0.5·0.5·3 + 0.5·1 = 0.25+0.75+0.5 = 1.5,
+	// EMA_G = 0.125 + 0.025 + 0.25 = 0.4, weight = 1 − 0.5³ = 0.875.
+	wantM2, wantG := 1.5/0.875, 0.4/0.875
+	if !near(got.M2, wantM2, tolExact) || !near(got.G, wantG, tolExact) || !near(got.BatchBound, 1.5/0.4, tolExact) {
+		t.Errorf("smoothed %+v, want M2 %v G %v B %v", got, wantM2, wantG, 1.5/0.4)
+	}
+	// An EMA of the ratios (2, 30, 2) would give a very different answer.
+	emaOfRatios := (0.25*2 + 0.5*30/2 + 0.5*2) / 0.875
+	if near(got.BatchBound, emaOfRatios, 0.1) {
+		t.Errorf("ratio of EMAs %v equals the EMA of ratios %v", got.BatchBound, emaOfRatios)
+	}
+	// Debiasing: a constant input is reproduced exactly from the first step.
+	c := Estimator{Beta: 0.99}
+	for range 3 {
+		s, _ := c.Update(newEstimate(8, 5, 2))
+		if !near(s.M2, 5, tolExact) || !near(s.G, 2, tolExact) {
+			t.Errorf("constant input: smoothed %+v", s)
+		}
+	}
+	// Beta = 0: the latest batch.
+	var z Estimator
+	z.Update(newEstimate(2, 9, 3))
+	if s := z.Smoothed(); s.M2 != 9 || s.G != 3 {
+		t.Errorf("beta 0: %+v", s)
+	}
+	// Before any update: no signal.
+	var empty Estimator
+	if s := empty.Smoothed(); !s.NoSignal || !math.IsInf(s.BatchBound, 1) {
+		t.Errorf("empty estimator: %+v", s)
+	}
+}
+
+func TestEstimatorConvergesToPopulationBound(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	const n, d, b = 200, 10, 16
+	data := randRows(rng, n, d)
+	for i := range data {
+		for j := range data[i] {
+			data[i][j] += 0.4 // signal along (1,…,1)
+		}
+	}
+	want := mustStats(t, data).BatchBound
+	est := Estimator{Beta: 0.999}
+	idx := make([]int, b)
+	for range 20000 {
+		for k := range idx {
+			idx[k] = rng.IntN(n)
+		}
+		sq, ss := batchSums(data, idx)
+		e, err := EstimateBatch(b, sq, ss)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = est.Update(e)
+	}
+	got := est.Smoothed().BatchBound
+	if math.Abs(got-want)/want > 0.05 {
+		t.Errorf("smoothed B̂_S = %v after 20000 batches, population B_S = %v", got, want)
+	}
+}
+
+func TestEstimatorStateRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(33, 34))
+	batches := make([]Estimate, 12)
+	for i := range batches {
+		batches[i] = newEstimate(4, 1+rng.Float64(), rng.Float64()-0.2)
+	}
+	full := Estimator{Beta: 0.9}
+	var resumed Estimator
+	for i, x := range batches {
+		_, _ = full.Update(x)
+		if i == 5 {
+			first := Estimator{Beta: 0.9}
+			for _, y := range batches[:6] {
+				_, _ = first.Update(y)
+			}
+			if err := resumed.SetState(first.State()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i > 5 {
+			_, _ = resumed.Update(x)
+		}
+	}
+	if full.Smoothed() != resumed.Smoothed() || full.State() != resumed.State() {
+		t.Errorf("resumed %+v, uninterrupted %+v", resumed.State(), full.State())
+	}
+	// A rejected update changes nothing.
+	before := full.State()
+	if _, err := full.Update(Estimate{M2: math.NaN()}); !errors.Is(err, ErrNonFinite) || full.State() != before {
+		t.Errorf("NaN update: err %v, state changed %v", err, full.State() != before)
+	}
+	for _, bad := range []EstimatorState{
+		{Beta: 1}, {Beta: 0.5, Steps: -1}, {Beta: 0.5, Steps: 2, Weight: 0}, {Beta: 0.5, Steps: 1, Weight: 0.5, EMAG: math.Inf(1)},
+	} {
+		if err := resumed.SetState(bad); err == nil {
+			t.Errorf("SetState(%+v) accepted", bad)
+		}
+	}
+}
