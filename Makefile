@@ -1,0 +1,54 @@
+# gdiv — every set-up step a user or CI needs goes through these targets.
+# Go modules are fetched by the go command on first use (module proxy).
+
+GO       ?= go
+FUZZTIME ?= 3s
+BENCHTIME ?= 0.5s
+BIN      := bin/gdiv
+PKGS     := ./...
+
+.DEFAULT_GOAL := help
+.PHONY: help demo build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
+
+check-go: ## fail clearly unless Go >= 1.25 is installed
+	@command -v $(GO) >/dev/null || { echo "gdiv: Go is not installed (need Go >= 1.25: https://go.dev/dl)"; exit 1; }
+	@$(GO) run ./internal/gocheck
+
+build: check-go ## build the CLI into bin/gdiv
+	$(GO) build -o $(BIN) ./cmd/gdiv
+
+demo: build ## the main job: diversity, bounds and DIMs on the bundled digits data
+	@sh ./examples/demo.sh $(BIN)
+
+test: check-go fmt-check vet unit purego fuzz-short ## run every test (what CI runs)
+	@sh ./examples/demo.sh $(BIN) >/dev/null && echo "demo: ok"
+
+fmt-check:
+	@out=$$(gofmt -l gdiv cmd bench internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+unit: build
+	$(GO) test -count=1 $(PKGS)
+
+purego: ## the pure-Go kernels (no assembly), as on non-amd64 machines
+	$(GO) test -count=1 -tags purego ./gdiv
+
+fuzz-short: ## every fuzz target for FUZZTIME each (default 3s)
+	@for t in $$($(GO) test -list '^Fuzz' ./gdiv | grep '^Fuzz'); do \
+		echo "fuzz gdiv $$t ($(FUZZTIME))"; \
+		$(GO) test ./gdiv -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >/tmp/gdiv-fuzz.log 2>&1 || { cat /tmp/gdiv-fuzz.log; exit 1; }; \
+	done
+
+fuzz: ## longer fuzzing: make fuzz FUZZTIME=5m
+	@$(MAKE) --no-print-directory fuzz-short FUZZTIME=$(FUZZTIME)
+
+bench: check-go ## benchmarks, printed as side-by-side tables
+	$(GO) test ./gdiv -run '^$$' -bench . -benchtime $(BENCHTIME) | $(GO) run ./bench/benchtable
+
+clean: ## remove build outputs
+	rm -rf bin
