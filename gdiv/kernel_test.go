@@ -44,9 +44,11 @@ func kernelImpls() []kernelImpl {
 }
 
 // refKernel is the reference: sum[j] += a[i,j] − b[i,j] (b nil: just a) row
-// by row, and Σ of the squares with Neumaier compensated summation.
+// by row, and Σ of the squares with Neumaier compensated summation. When the
+// plain sum is not finite (an Inf or NaN input, or overflow) it is returned
+// instead: the compensation term would turn +Inf into NaN (Inf − Inf).
 func refKernel[T float32 | float64](sum []float64, a, b []T, n, d int) float64 {
-	var s, c float64
+	var s, c, plain float64
 	for i := range n {
 		for j := range d {
 			x := float64(a[i*d+j])
@@ -55,6 +57,7 @@ func refKernel[T float32 | float64](sum []float64, a, b []T, n, d int) float64 {
 			}
 			sum[j] += x
 			y := x * x
+			plain += y
 			t := s + y
 			if math.Abs(s) >= y {
 				c += (s - t) + y
@@ -63,6 +66,9 @@ func refKernel[T float32 | float64](sum []float64, a, b []T, n, d int) float64 {
 			}
 			s = t
 		}
+	}
+	if math.IsNaN(plain) || math.IsInf(plain, 0) {
+		return plain
 	}
 	return s + c
 }
