@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 
 	"github.com/gdiv/gdiv/gdiv"
@@ -50,20 +48,9 @@ is zero; base_* are inf when the gradients sum to exactly zero.
 	run: runDim,
 }
 
-// mechanismFlags lists the flags that belong to each mechanism.
-var mechanismFlags = map[string][]string{
-	"dropout":  {"p", "rescale"},
-	"langevin": {"std"},
-	"quantize": {"levels"},
-}
-
 func runDim(e *env, args []string) error {
 	fs, c := newFlagSet("dim")
-	mech := fs.String("mechanism", "", "dropout, langevin or quantize")
-	p := fs.Float64("p", 0, "dropout probability")
-	rescale := fs.Bool("rescale", false, "rescale kept coordinates by 1/(1-p)")
-	std := fs.Float64("std", 0, "Langevin noise standard deviation")
-	levels := fs.Int("levels", 1, "quantization levels")
+	mf := addMechFlags(fs)
 	samples := fs.Int("samples", 0, "Monte-Carlo draws")
 	seed := fs.Uint64("seed", 1, "Monte-Carlo seed")
 	pos, err := parseArgs(fs, args)
@@ -75,52 +62,9 @@ func runDim(e *env, args []string) error {
 	}
 	set := given(fs)
 
-	own, ok := mechanismFlags[*mech]
-	switch {
-	case !set["mechanism"]:
-		return usagef("missing --mechanism (dropout, langevin or quantize)")
-	case !ok:
-		return usagef("unknown mechanism %q: want dropout, langevin or quantize", *mech)
-	}
-	var others []string
-	for _, fl := range mechanismFlags {
-		for _, f := range fl {
-			if set[f] && !contains(own, f) {
-				others = append(others, "--"+f)
-			}
-		}
-	}
-	if len(others) > 0 {
-		sort.Strings(others)
-		return usagef("%s does not apply to --mechanism %s (its flags: --%s)", strings.Join(others, ", "), *mech, strings.Join(own, ", --"))
-	}
-
-	var m gdiv.Mechanism
-	switch *mech {
-	case "dropout":
-		if !set["p"] {
-			return usagef("--mechanism dropout needs --p (drop probability, 0 <= p < 1)")
-		}
-		if !(*p >= 0 && *p < 1) {
-			return usagef("--p %v is out of range: want 0 <= p < 1", *p)
-		}
-		m = gdiv.Dropout{P: *p, Rescale: *rescale}
-	case "langevin":
-		if !set["std"] {
-			return usagef("--mechanism langevin needs --std (noise standard deviation, >= 0)")
-		}
-		if !(*std >= 0 && *std <= math.MaxFloat64) {
-			return usagef("--std %v is out of range: want a finite std >= 0", *std)
-		}
-		m = gdiv.Langevin{Std: *std}
-	case "quantize":
-		if *levels < 1 {
-			return usagef("--levels %d is out of range: want levels >= 1", *levels)
-		}
-		m = gdiv.Quantize{Levels: *levels}
-	}
-	if err := m.Validate(); err != nil {
-		return usagef("%s", strings.TrimPrefix(err.Error(), "gdiv: "))
+	m, err := mf.build(set, true)
+	if err != nil {
+		return err
 	}
 	if set["samples"] && *samples < 2 {
 		return usagef("--samples %d: want at least 2 draws (the standard error needs 2)", *samples)
@@ -141,7 +85,7 @@ func runDim(e *env, args []string) error {
 		return dimErr(pos[0], err)
 	}
 	fields := []kv{
-		{"mechanism", *mech},
+		{"mechanism", m.Name()},
 		{"diversity", ex.Diversity},
 		{"batch_bound", ex.BatchBound},
 		{"base_diversity", ex.BaseDiversity},

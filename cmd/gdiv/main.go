@@ -61,7 +61,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{statsCmd, diffCmd, dimCmd, boundCmd,
+	commands = []*command{statsCmd, diffCmd, dimCmd, boundCmd, trainCmd,
 		{name: "help", summary: "show help for gdiv or for a command", usage: helpUsage, run: runHelp},
 		{name: "version", summary: "print the version", usage: versionUsage, run: runVersion},
 	}

@@ -32,6 +32,7 @@ type Series struct {
 type Panel struct {
 	Title, XLabel, YLabel string
 	LogX, LogY            bool
+	LegendBottom          bool // legend in the bottom-right corner (for rising curves)
 	Series                []Series
 }
 
@@ -77,7 +78,7 @@ func build(pn Panel) (*plot.Plot, error) {
 	p.Title.Text = pn.Title
 	p.X.Label.Text = pn.XLabel
 	p.Y.Label.Text = pn.YLabel
-	p.Legend.Top = true
+	p.Legend.Top = !pn.LegendBottom
 	p.Add(plotter.NewGrid())
 	if pn.LogX {
 		p.X.Scale = plot.LogScale{}
@@ -132,7 +133,22 @@ func build(pn Panel) (*plot.Plot, error) {
 	if drawn == 0 {
 		return nil, fmt.Errorf("no finite points to draw")
 	}
+	// A single value gives an empty range, which a log axis cannot tick:
+	// widen it by a factor of 2 (log) or ±1 (linear) around the value.
+	widen(&p.X.Min, &p.X.Max, pn.LogX)
+	widen(&p.Y.Min, &p.Y.Max, pn.LogY)
 	return p, nil
+}
+
+func widen(lo, hi *float64, log bool) {
+	if *lo != *hi {
+		return
+	}
+	if log {
+		*lo, *hi = *lo/2, *hi*2
+	} else {
+		*lo, *hi = *lo-1, *hi+1
+	}
 }
 
 func darken(c color.Color) color.Color {

@@ -17,6 +17,7 @@ func TestSaveWritesPNG(t *testing.T) {
 			{Name: "a", X: []float64{1, 2, 3}, Y: []float64{3, 2, 1}},
 			{Name: "b", X: []float64{1, 2, 3}, Y: []float64{math.Inf(1), 2, 0}, Dashed: true}, // Inf and a 0 on a log axis are dropped
 		}},
+		{Title: "one point on log axes", LogX: true, LogY: true, Series: []Series{{Name: "p", X: []float64{5}, Y: []float64{0.3}, Points: true}}},
 		{Title: "batch", Series: []Series{{Name: "B", X: []float64{1, 2}, Y: []float64{16, 32}, Points: true}}},
 	}
 	if err := Save(path, panels, 1, 4*vg.Inch, 3*vg.Inch); err != nil {
