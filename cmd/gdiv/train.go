@@ -32,6 +32,9 @@ Data:
   --data NAME|FILE     digits or breast_cancer (bundled), or a CSV/.npy/Arrow file
                        of features plus a label column
   --label COL          label column of FILE: name or 0-based index (default: last)
+  --classes K          FILE's labels are classes 0..K-1 (an error names a row
+                       that is not); 0 = real-valued targets. Default: inferred
+                       (non-negative integer labels are classes)
   --positive LIST      labels that form class 1 for --problem logistic on a
                        multiclass data set, e.g. 0,2,4,6,8 (even digits)
   --no-standardize     keep raw features (default: zero mean, unit variance)
@@ -82,6 +85,7 @@ max_batch_used, batch_bound (final smoothed estimate), wall_seconds.
 // share them.
 type problemFlags struct {
 	data, label, positive string
+	classes               int
 	noStandardize         bool
 	problem               string
 	hidden                int
@@ -93,6 +97,7 @@ func addProblemFlags(fs *flag.FlagSet, defProblem string) *problemFlags {
 	f := &problemFlags{}
 	fs.StringVar(&f.data, "data", "", "digits, breast_cancer or a file")
 	fs.StringVar(&f.label, "label", "", "label column")
+	fs.IntVar(&f.classes, "classes", -1, "number of classes of FILE (0 = regression)")
 	fs.StringVar(&f.positive, "positive", "", "labels of class 1 for logistic")
 	fs.BoolVar(&f.noStandardize, "no-standardize", false, "keep raw features")
 	fs.StringVar(&f.problem, "problem", defProblem, "leastsquares, logistic, softmax or mlp")
@@ -110,15 +115,19 @@ func (f *problemFlags) dataset() (*gdiv.Dataset, error) {
 	var ds *gdiv.Dataset
 	var err error
 	if slices.Contains(gdiv.BuiltinNames(), f.data) {
-		if f.label != "" {
-			return nil, usagef("--label applies to a data file, not to the bundled %s", f.data)
+		if f.label != "" || f.classes >= 0 {
+			return nil, usagef("--label and --classes apply to a data file, not to the bundled %s", f.data)
 		}
 		ds, err = gdiv.LoadBuiltin(f.data)
 	} else {
 		if _, statErr := os.Stat(f.data); statErr != nil && !strings.ContainsAny(f.data, "./") {
 			return nil, usagef("unknown data set %q: want %s or a file", f.data, strings.Join(gdiv.BuiltinNames(), ", "))
 		}
-		ds, err = gdiv.ReadDataset(f.data, f.label)
+		if f.classes >= 0 {
+			ds, err = gdiv.ReadDatasetClasses(f.data, f.label, f.classes)
+		} else {
+			ds, err = gdiv.ReadDataset(f.data, f.label)
+		}
 	}
 	if err != nil {
 		return nil, err
