@@ -70,6 +70,46 @@
 //
 // Both lower bounds hold for B̄_S(w, w') too (Appendix E.5).
 //
+// # Problems and data (Section 3, eq. 1)
+//
+// A Problem is a per-example loss f_i(w) with its gradient; the empirical
+// risk is F(w) = (1/n) Σ f_i(w) (FullLoss). Built in: least squares
+// ½(x_iᵀw + b − y_i)², binary logistic log(1 + e^{−ỹ_i(x_iᵀw + b)}),
+// multinomial (softmax) cross-entropy, and a one-hidden-layer MLP (tanh or
+// ReLU, softmax output). An L2 term (λ/2)‖W‖² is part of EVERY f_i (so λW
+// is in every per-example gradient: that is the paper's f_i when a
+// regularizer is used); intercepts are not penalized. ProblemFunc adapts
+// closures. Data: LoadBuiltin ("digits", "breast_cancer", embedded),
+// ReadDataset (CSV/.npy/Arrow with a label column), the generators of
+// Corollaries 1–2 (Gaussian, Rademacher features) and Theorem 2 (sparse
+// supports), and the paper's r-replication (Replicate: a random n/r of the
+// points filled back to n by sampling them) next to exact r-fold tiling
+// (Tile: Δ is divided by r, B_S is unchanged).
+//
+// # Mini-batch SGD (eqs. 2–3) and the batch-size policy (Lemma 1, Theorem 3)
+//
+// SGD is the reference trainer:
+//
+//	sum step  (eq. 2):  w ← w − γ Σ_{i∈batch} g_i        (the paper's; γ is per example)
+//	mean step:          w ← w − (γ/B) Σ_{i∈batch} g_i    (frameworks' mean-reduced losses)
+//	projection (eq. 3): w ← Π_{‖w‖≤R}(w)
+//
+// with indices drawn with replacement (the paper) or from shuffled epochs,
+// all randomness from PCG streams of one seed (byte-identical histories).
+// Lemma 1 — E‖w_{k+1} − w*‖² = ‖w_k − w*‖² − 2γB⟨∇F, w_k − w*⟩ +
+// γ²(B·M² + B(B−1)·G) for the sum step — is verified exactly in the tests
+// by enumerating every batch. BatchSizePolicy chooses
+//
+//	B_next = δ·B̂_S + 1,
+//
+// the largest batch for which Theorem 3 keeps mini-batch SGD within a
+// factor (1 + δ/2) of serial SGD per gradient computed; it is clamped to
+// [MinBatch, MaxBatch], rounded down to a multiple of the worker count,
+// limited to a growth factor per decision, damped by hysteresis and held
+// during a warm-up. An estimate with no signal (Ĝ ≤ 0) moves toward
+// MaxBatch. ScaleLR gives the LR rules for a mean-reduced loss when B
+// changes: linear (keeps the sum step's γ), sqrt, none.
+//
 // # Conventions
 //
 // Following gonum: misuse (buffer lengths that disagree with the stated
