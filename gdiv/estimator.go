@@ -255,3 +255,86 @@ func (e *Estimator) SetState(s EstimatorState) error {
 	e.state = s
 	return nil
 }
+
+// BatchSumsFromNorms returns the two sufficient sums of a batch,
+// sumSqNorms = Σ‖g_i‖² and sqNormOfSum = ‖Σ g_i‖², from what a framework
+// hook produces cheaply: the b per-example squared norms sqNorms (len b)
+// and the batch gradient batchGrad, which is Σ g_i, or the mean ḡ = Σ g_i/b
+// when mean is true (a mean-reduced loss; then ‖Σ g_i‖² = b²‖ḡ‖²). Feed the
+// sums to EstimateBatch or EstimateBatchFinite. A zero batch gradient is
+// valid (sqNormOfSum = 0: a batch with no signal).
+//
+// It returns ErrEmpty for b = 0, ErrZeroDim for an empty gradient,
+// ErrNonFinite naming the first bad entry, and ErrParam for a negative
+// squared norm.
+func BatchSumsFromNorms(sqNorms, batchGrad []float64, mean bool) (sumSqNorms, sqNormOfSum float64, err error) {
+	return batchSumsFromNorms(sqNorms, batchGrad, mean)
+}
+
+// BatchSumsFromNorms32 is BatchSumsFromNorms for float32 inputs (summed in
+// float64).
+func BatchSumsFromNorms32(sqNorms, batchGrad []float32, mean bool) (sumSqNorms, sqNormOfSum float64, err error) {
+	return batchSumsFromNorms(sqNorms, batchGrad, mean)
+}
+
+func batchSumsFromNorms[T float32 | float64](sqNorms, batchGrad []T, mean bool) (float64, float64, error) {
+	sumSq, err := sumOfSquaredNorms(sqNorms)
+	if err != nil {
+		return 0, 0, err
+	}
+	sq, err := batchGradSqNorm(batchGrad, len(sqNorms), mean)
+	return sumSq, sq, err
+}
+
+// SumOfSquaredNorms returns Σ sqNorms[i], the Σ‖g_i‖² of a batch given its
+// per-example squared norms, after checking that each is finite and ≥ 0.
+// It returns ErrEmpty, ErrNonFinite or ErrParam naming the first bad entry.
+func SumOfSquaredNorms(sqNorms []float64) (float64, error) { return sumOfSquaredNorms(sqNorms) }
+
+// SumOfSquaredNorms32 is SumOfSquaredNorms for float32 norms.
+func SumOfSquaredNorms32(sqNorms []float32) (float64, error) { return sumOfSquaredNorms(sqNorms) }
+
+// BatchGradSqNorm returns ‖Σ g_i‖² of a batch of b examples from its batch
+// gradient: ‖batchGrad‖² when batchGrad is the sum Σ g_i, b²‖batchGrad‖²
+// when it is the mean (mean = true). It returns ErrZeroDim for an empty
+// gradient and ErrNonFinite naming the first bad entry.
+func BatchGradSqNorm(batchGrad []float64, b int, mean bool) (float64, error) {
+	return batchGradSqNorm(batchGrad, b, mean)
+}
+
+// BatchGradSqNorm32 is BatchGradSqNorm for a float32 gradient.
+func BatchGradSqNorm32(batchGrad []float32, b int, mean bool) (float64, error) {
+	return batchGradSqNorm(batchGrad, b, mean)
+}
+
+func sumOfSquaredNorms[T float32 | float64](sqNorms []T) (float64, error) {
+	if len(sqNorms) == 0 {
+		return 0, fmt.Errorf("%w: sq_norms is empty", ErrEmpty)
+	}
+	var sumSq float64
+	for i, v := range sqNorms {
+		f := float64(v)
+		switch {
+		case f-f != 0:
+			return 0, fmt.Errorf("%w in sq_norms[%d]: %v", ErrNonFinite, i, f)
+		case f < 0:
+			return 0, paramErr("sq_norms[%d] = %v is negative (squared norms are ≥ 0)", i, f)
+		}
+		sumSq += f
+	}
+	return sumSq, nil
+}
+
+func batchGradSqNorm[T float32 | float64](batchGrad []T, b int, mean bool) (float64, error) {
+	if len(batchGrad) == 0 {
+		return 0, fmt.Errorf("%w: batch_grad is empty", ErrZeroDim)
+	}
+	sq := sqNormOf(batchGrad)
+	if err := finiteOr(sq, batchGrad, len(batchGrad), "batch_grad"); err != nil {
+		return 0, err
+	}
+	if mean {
+		sq *= float64(b) * float64(b)
+	}
+	return sq, nil
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -325,6 +326,60 @@ func TestEstimatorStateRoundTrip(t *testing.T) {
 	} {
 		if err := resumed.SetState(bad); err == nil {
 			t.Errorf("SetState(%+v) accepted", bad)
+		}
+	}
+}
+
+func TestBatchSumsFromNorms(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 42))
+	const b, d = 7, 2051 // d past one column block and not a multiple of 4
+	rows := randRows(rng, b, d)
+	st := mustStats(t, rows)
+	norms := make([]float64, b)
+	sum := make([]float64, d)
+	for i, r := range rows {
+		for j, v := range r {
+			norms[i] += v * v
+			sum[j] += v
+		}
+	}
+	mean := make([]float64, d)
+	for j := range sum {
+		mean[j] = sum[j] / b
+	}
+	for _, tc := range []struct {
+		name string
+		grad []float64
+		mean bool
+	}{{"sum", sum, false}, {"mean", mean, true}} {
+		sq, ss, err := BatchSumsFromNorms(norms, tc.grad, tc.mean)
+		if err != nil || !near(sq, st.SumSqNorms, tolSum) || !near(ss, st.SqNormOfSum, tolSum) {
+			t.Errorf("%s: (%v, %v, %v), want (%v, %v)", tc.name, sq, ss, err, st.SumSqNorms, st.SqNormOfSum)
+		}
+		sq32, ss32, err := BatchSumsFromNorms32(toF32(norms), toF32(tc.grad), tc.mean)
+		if err != nil || !near(sq32, st.SumSqNorms, 1e-6) || !near(ss32, st.SqNormOfSum, 1e-5) {
+			t.Errorf("%s float32: (%v, %v, %v)", tc.name, sq32, ss32, err)
+		}
+	}
+	// A zero batch gradient is a valid, signal-free batch.
+	if _, ss, err := BatchSumsFromNorms([]float64{1, 1}, []float64{0, 0}, false); err != nil || ss != 0 {
+		t.Errorf("zero gradient: %v, %v", ss, err)
+	}
+	for _, tc := range []struct {
+		name        string
+		norms, grad []float64
+		want        error
+		msg         string
+	}{
+		{"empty", nil, []float64{1}, ErrEmpty, "sq_norms"},
+		{"no dim", []float64{1}, nil, ErrZeroDim, "batch_grad"},
+		{"negative", []float64{1, -2}, []float64{1}, ErrParam, "sq_norms[1]"},
+		{"nan norm", []float64{math.NaN()}, []float64{1}, ErrNonFinite, "sq_norms[0]"},
+		{"inf grad", []float64{1}, []float64{1, math.Inf(1)}, ErrNonFinite, "batch_grad at row 0, column 1"},
+	} {
+		_, _, err := BatchSumsFromNorms(tc.norms, tc.grad, false)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: err = %v, want %v naming %q", tc.name, err, tc.want, tc.msg)
 		}
 	}
 }

@@ -202,18 +202,23 @@ func checkShape(length, n, d int, what string) {
 }
 
 // sqNorm returns ‖v‖² with four partial sums.
-func sqNorm(v []float64) float64 {
+func sqNorm(v []float64) float64 { return sqNormOf(v) }
+
+// sqNormOf returns ‖v‖², accumulated in float64 with four partial sums.
+func sqNormOf[T float32 | float64](v []T) float64 {
 	var a0, a1, a2, a3 float64
 	j := 0
 	for ; j+4 <= len(v); j += 4 {
 		x := v[j : j+4 : j+4]
-		a0 += x[0] * x[0]
-		a1 += x[1] * x[1]
-		a2 += x[2] * x[2]
-		a3 += x[3] * x[3]
+		x0, x1, x2, x3 := float64(x[0]), float64(x[1]), float64(x[2]), float64(x[3])
+		a0 += x0 * x0
+		a1 += x1 * x1
+		a2 += x2 * x2
+		a3 += x3 * x3
 	}
 	for ; j < len(v); j++ {
-		a0 += v[j] * v[j]
+		x := float64(v[j])
+		a0 += x * x
 	}
 	return (a0 + a1) + (a2 + a3)
 }
