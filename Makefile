@@ -10,8 +10,10 @@ PKGS     := ./...
 .DEFAULT_GOAL := help
 .PHONY: help demo build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
 
+include mk/python.mk
+
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
 
 check-go: ## fail clearly unless Go >= 1.25 is installed
 	@command -v $(GO) >/dev/null || { echo "gdiv: Go is not installed (need Go >= 1.25: https://go.dev/dl)"; exit 1; }
@@ -23,11 +25,11 @@ build: check-go ## build the CLI into bin/gdiv
 demo: build ## the main job: diversity, bounds and DIMs on the bundled digits data
 	@sh ./examples/demo.sh $(BIN)
 
-test: check-go fmt-check vet unit purego fuzz-short ## run every test (what CI runs)
+test: check-go fmt-check vet unit purego fuzz-short py-test ## run every test (what CI runs): Go, fuzz, Python
 	@sh ./examples/demo.sh $(BIN) >/dev/null && echo "demo: ok"
 
 fmt-check:
-	@out=$$(gofmt -l gdiv cmd bench internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l gdiv cmd bench internal pybridge); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
 	$(GO) vet $(PKGS)
@@ -50,5 +52,5 @@ fuzz: ## longer fuzzing: make fuzz FUZZTIME=5m
 bench: check-go ## benchmarks, printed as side-by-side tables
 	$(GO) test ./gdiv -run '^$$' -bench . -benchtime $(BENCHTIME) | $(GO) run ./bench/benchtable
 
-clean: ## remove build outputs
+clean: py-clean ## remove build outputs
 	rm -rf bin

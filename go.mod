@@ -3,6 +3,7 @@ module github.com/gdiv/gdiv
 go 1.25.0
 
 require (
+	github.com/go-python/gopy v0.4.10
 	golang.org/x/sys v0.47.0
 	gonum.org/v1/gonum v0.17.0
 )

@@ -1,0 +1,87 @@
+"""gdiv — gradient diversity and the largest useful batch size, over a Go core.
+
+Implements Yin et al., "Gradient Diversity: a Key Ingredient for Scalable
+Distributed Learning" (AISTATS 2018). For per-example gradients g_i:
+
+    diversity    Δ   = Σ‖g_i‖² / ‖Σ g_i‖²
+    batch bound  B_S = n·Δ = M²/G      (the largest batch size that converges
+                                         like serial SGD per gradient computed)
+    noise scale  trΣ/G = B_S − 1       (McCandlish et al.)
+
+Every formula runs in Go (the ``gdiv`` Go package); this package validates
+inputs and hands their memory to Go without copying (numpy arrays, torch CPU
+tensors, Arrow arrays).
+
+Core API:
+    stats(grads), stats_differential(grads_w, grads_w2), stats_from_sums(...)
+    Estimator(beta, ...), estimate(...), estimate_from_norms(...),
+    estimate_from_sums(...), estimate_two_scale(...)
+    Dropout(p, rescale=False), Langevin(std), Quantize(levels=1):
+        .apply_(grads, seed=...), .apply(grads, seed=...), .expected(grads),
+        .monte_carlo(grads, samples=..., seed=...)
+    bounds.glm(X), bounds.sparse(grads), bounds.stability_step(...)
+
+Errors: bad data raises subclasses of :class:`GdivError` (a ``ValueError``),
+wrong types ``TypeError``; a call from a ``fork()``-ed child raises
+:class:`ForkError` (use the 'spawn' start method).
+"""
+
+from . import bounds
+from ._bridge import in_forked_child
+from ._results import Estimate, Expectation, GLMBound, MonteCarloResult, SparseBound, Stats
+from ._stats import stats, stats_differential, stats_from_sums
+from .errors import (
+    AllZeroError,
+    EmptyInputError,
+    ForkError,
+    GdivError,
+    NonFiniteError,
+    NullError,
+    ParamError,
+    ShapeError,
+    SumOverflowError,
+    TooFewError,
+    ZeroDimError,
+)
+from .estimator import Estimator, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
+from .mechanisms import Dropout, Langevin, Mechanism, Quantize
+
+# TODO(lead): gdiv.BatchSizePolicy (Go policy, gdiv/policy.go) and
+# gdiv.reference (Go reference trainer, gdiv/trainer.go) are added when those
+# land in the Go core; they go through pybridge like everything above.
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "stats",
+    "stats_differential",
+    "stats_from_sums",
+    "Stats",
+    "Estimator",
+    "Estimate",
+    "estimate",
+    "estimate_from_norms",
+    "estimate_from_sums",
+    "estimate_two_scale",
+    "Mechanism",
+    "Dropout",
+    "Langevin",
+    "Quantize",
+    "Expectation",
+    "MonteCarloResult",
+    "bounds",
+    "GLMBound",
+    "SparseBound",
+    "in_forked_child",
+    "GdivError",
+    "EmptyInputError",
+    "ZeroDimError",
+    "NonFiniteError",
+    "SumOverflowError",
+    "AllZeroError",
+    "TooFewError",
+    "ShapeError",
+    "ParamError",
+    "NullError",
+    "ForkError",
+]
