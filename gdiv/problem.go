@@ -617,3 +617,18 @@ func Accuracy(p Problem, w []float64, ds *Dataset) (float64, error) {
 	}
 	return float64(correct) / float64(ds.N), nil
 }
+
+// InitStream is the PCG stream of SeededInitialWeights; it differs from
+// SGD's streams (SGDSamplingStream, SGDMechanismStream).
+const InitStream uint64 = 0x494e4954 // "INIT"
+
+// SeededInitialWeights returns p's initial weights for a seed: those of its
+// Initializer with the source rand.New(rand.NewPCG(seed, InitStream)), or
+// zeros when p has no Initializer. The CLI, the Python reference trainer
+// and Go users share it, so one seed gives one starting point everywhere.
+func SeededInitialWeights(p Problem, seed uint64) []float64 {
+	if in, ok := p.(Initializer); ok {
+		return in.InitialWeights(rand.New(rand.NewPCG(seed, InitStream)))
+	}
+	return make([]float64, p.NumParams())
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -174,17 +173,6 @@ func (f *problemFlags) build(ds *gdiv.Dataset) (gdiv.Problem, error) {
 	return nil, usagef("unknown --problem %q: want leastsquares, logistic, softmax or mlp", f.problem)
 }
 
-// initialWeights is the problem's seeded initialization (zeros for the
-// convex problems). The stream differs from those of SGD.
-func initialWeights(p gdiv.Problem, seed uint64) []float64 {
-	if in, ok := p.(gdiv.Initializer); ok {
-		return in.InitialWeights(rand.New(rand.NewPCG(seed, initStream)))
-	}
-	return make([]float64, p.NumParams())
-}
-
-const initStream = 0x494e4954 // "INIT"
-
 // policyFlags configure the diversity-driven batch-size policy.
 type policyFlags struct {
 	policy                             string
@@ -327,7 +315,7 @@ func runTrain(e *env, args []string) error {
 		s.Progress = newProgress(e.stderr, s, ds.N)
 	}
 	start := time.Now()
-	res, err := gdiv.SGD(prob, initialWeights(prob, *seed), s)
+	res, err := gdiv.SGD(prob, gdiv.SeededInitialWeights(prob, *seed), s)
 	wall := time.Since(start).Seconds()
 	if err != nil {
 		return err
@@ -424,3 +412,6 @@ func plotHistory(path, title string, n int, h []gdiv.Record) error {
 	}
 	return plotx.Save(path, panels, 1, 7*vg.Inch, 3*vg.Inch)
 }
+
+// initialWeights is gdiv.SeededInitialWeights (kept for the experiment files).
+func initialWeights(p gdiv.Problem, seed uint64) []float64 { return gdiv.SeededInitialWeights(p, seed) }
