@@ -15,7 +15,7 @@
 // problem, which the Python package maps to an exception type:
 //
 //	[empty] [zero_dim] [non_finite] [overflow] [all_zero] [too_few]
-//	[shape] [param] [null]           → ValueError subclasses
+//	[shape] [param] [label] [null]   → ValueError subclasses
 //	[type]                           → TypeError
 //	[internal]                       → RuntimeError (a bug: please report)
 //
@@ -35,6 +35,12 @@
 //	                  (Arrow C Data Interface); n and d are ignored and come
 //	                  from the array, a FixedSizeList<float32|float64> or an
 //	                  extension type (arrow.fixed_shape_tensor) stored as one.
+//
+// Settings with several fields cross as small float64 buffers owned by the
+// caller, with integer fields (and enum codes, the values of the core's
+// constants) written as exact float64 values: the batch-size policy
+// (policy.go), the problem spec and SGD settings of the reference trainer
+// (reference.go). Example indices cross as int64 buffers.
 //
 // # Ownership
 //

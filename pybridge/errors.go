@@ -29,6 +29,7 @@ var tags = []struct {
 	{gdiv.ErrTooFew, "too_few"},
 	{gdiv.ErrShape, "shape"},
 	{gdiv.ErrParam, "param"},
+	{gdiv.ErrLabel, "label"},
 	{errNull, "null"},
 	{errType, "type"},
 }

@@ -20,13 +20,18 @@ Core API:
         .apply_(grads, seed=...), .apply(grads, seed=...), .expected(grads),
         .monte_carlo(grads, samples=..., seed=...)
     bounds.glm(X), bounds.sparse(grads), bounds.stability_step(...)
+    BatchSizePolicy(delta=..., min_batch=..., ...): .next(current, estimate, step),
+        .scale_lr(lr, old_batch, new_batch), .state_dict(), .load_state_dict(...)
+    reference.train(X, y, ...), reference.step(...), reference.loss_grad(...),
+        reference.initial_weights(...), reference.param_layout(...):
+        Go's reference SGD trainer, the ground truth for framework integrations
 
 Errors: bad data raises subclasses of :class:`GdivError` (a ``ValueError``),
 wrong types ``TypeError``; a call from a ``fork()``-ed child raises
 :class:`ForkError` (use the 'spawn' start method).
 """
 
-from . import bounds
+from . import bounds, reference
 from ._bridge import in_forked_child
 from ._results import Estimate, Expectation, GLMBound, MonteCarloResult, SparseBound, Stats
 from ._stats import stats, stats_differential, stats_from_sums
@@ -35,6 +40,7 @@ from .errors import (
     EmptyInputError,
     ForkError,
     GdivError,
+    LabelError,
     NonFiniteError,
     NullError,
     ParamError,
@@ -45,10 +51,7 @@ from .errors import (
 )
 from .estimator import Estimator, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
 from .mechanisms import Dropout, Langevin, Mechanism, Quantize
-
-# TODO(lead): gdiv.BatchSizePolicy (Go policy, gdiv/policy.go) and
-# gdiv.reference (Go reference trainer, gdiv/trainer.go) are added when those
-# land in the Go core; they go through pybridge like everything above.
+from .policy import BatchSizePolicy
 
 __version__ = "0.1.0"
 
@@ -70,6 +73,8 @@ __all__ = [
     "Expectation",
     "MonteCarloResult",
     "bounds",
+    "BatchSizePolicy",
+    "reference",
     "GLMBound",
     "SparseBound",
     "in_forked_child",
@@ -82,6 +87,7 @@ __all__ = [
     "TooFewError",
     "ShapeError",
     "ParamError",
+    "LabelError",
     "NullError",
     "ForkError",
 ]

@@ -49,6 +49,14 @@ _NAMES = (
     "StabilityStep",
     "ArrowView",
     "ArrowCopy",
+    "PolicyValidate",
+    "PolicyNext",
+    "PolicyScaleLR",
+    "NumParams",
+    "InitialWeights",
+    "LossGrads",
+    "Step",
+    "Train",
 )
 
 FORK_MESSAGE = (

@@ -24,6 +24,7 @@ __all__ = [
     "TooFewError",
     "ShapeError",
     "ParamError",
+    "LabelError",
     "NullError",
     "ForkError",
 ]
@@ -87,6 +88,14 @@ class ParamError(GdivError):
     code = "param"
 
 
+class LabelError(GdivError):
+    """A label is not valid for the problem: a class label that is not an
+    integer in [0, classes), or a data set a binary loss cannot use; the
+    message names the row."""
+
+    code = "label"
+
+
 class NullError(GdivError):
     """An Arrow array has nulls (missing rows or values)."""
 
@@ -108,6 +117,7 @@ _BY_CODE: dict[str, type[GdivError]] = {
         TooFewError,
         ShapeError,
         ParamError,
+        LabelError,
         NullError,
     )
 }

@@ -69,3 +69,32 @@ def test_arrow_every_export_released(rng):
     for _ in range(1000):
         gdiv.stats(prod)
     assert prod.array_releases == prod.schema_releases == 1000
+
+
+def test_policy_and_reference_no_leak(rng):
+    pol = gdiv.BatchSizePolicy(max_batch=64)
+    X = rng.normal(size=(16, 3))
+    y = rng.integers(0, 2, size=16)
+    w = np.zeros(8)  # softmax, 2 classes × (3 features + bias)
+    idx = np.array([1, 2, 3])
+
+    def call():
+        pol.next(8, 20.0, 3)
+        pol.scale_lr(0.1, 8, 16)
+        gdiv.reference.step(X, y, w, idx, lr=0.1)
+        try:
+            pol.next(0, 20.0, 0)
+        except gdiv.ParamError:
+            pass
+
+    assert growth(call, CALLS // 10) < LIMIT
+
+
+def test_reference_train_no_leak(rng):
+    X = rng.normal(size=(32, 4))
+    y = rng.integers(0, 3, size=32)
+
+    def call():
+        gdiv.reference.train(X, y, lr=0.05, batch=4, steps=5, record_indices=True)
+
+    assert growth(call, 5000) < LIMIT
