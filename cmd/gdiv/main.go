@@ -61,7 +61,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{statsCmd, diffCmd, dimCmd, boundCmd, trainCmd,
+	commands = []*command{statsCmd, diffCmd, dimCmd, boundCmd, trainCmd, experimentCmd,
 		{name: "help", summary: "show help for gdiv or for a command", usage: helpUsage, run: runHelp},
 		{name: "version", summary: "print the version", usage: versionUsage, run: runVersion},
 	}
@@ -209,7 +209,7 @@ func printMainUsage(w io.Writer) {
 	var b strings.Builder
 	b.WriteString(mainUsage)
 	for _, c := range commands {
-		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(&b, "  %-11s %s\n", c.name, c.summary)
 	}
 	b.WriteString("\n")
 	b.WriteString(commonHelp)

@@ -412,6 +412,3 @@ func plotHistory(path, title string, n int, h []gdiv.Record) error {
 	}
 	return plotx.Save(path, panels, 1, 7*vg.Inch, 3*vg.Inch)
 }
-
-// initialWeights is gdiv.SeededInitialWeights (kept for the experiment files).
-func initialWeights(p gdiv.Problem, seed uint64) []float64 { return gdiv.SeededInitialWeights(p, seed) }

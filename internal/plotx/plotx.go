@@ -4,7 +4,6 @@ package plotx
 
 import (
 	"fmt"
-	"image/color"
 	"math"
 	"os"
 
@@ -26,6 +25,9 @@ type Series struct {
 	Dashed bool
 	// Points draws markers instead of a line.
 	Points bool
+	// Color is a 1-based palette index, so that related series (a mean and
+	// its error band) share a colour; 0 colours series by position.
+	Color int
 }
 
 // Panel is one plot of a figure.
@@ -104,7 +106,11 @@ func build(pn Panel) (*plot.Plot, error) {
 		if len(xy) == 0 {
 			continue
 		}
-		col := plotutil.Color(i)
+		ci := i
+		if s.Color > 0 {
+			ci = s.Color - 1
+		}
+		col := plotutil.Color(ci)
 		if s.Points {
 			sc, err := plotter.NewScatter(xy)
 			if err != nil {
@@ -123,7 +129,7 @@ func build(pn Panel) (*plot.Plot, error) {
 			l.LineStyle.Width = vg.Points(1.5)
 			if s.Dashed {
 				l.LineStyle.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
-				l.LineStyle.Color = darken(col)
+				l.LineStyle.Width = vg.Points(1)
 			}
 			p.Add(l)
 			p.Legend.Add(s.Name, l)
@@ -149,11 +155,6 @@ func widen(lo, hi *float64, log bool) {
 	} else {
 		*lo, *hi = *lo-1, *hi+1
 	}
-}
-
-func darken(c color.Color) color.Color {
-	r, g, b, a := c.RGBA()
-	return color.RGBA64{R: uint16(r * 3 / 4), G: uint16(g * 3 / 4), B: uint16(b * 3 / 4), A: uint16(a)}
 }
 
 func writeFile(path string, png vgimg.PngCanvas) error {
