@@ -39,7 +39,10 @@
 // debiased EMAs (Estimator), never an EMA of ratios and never b·Δ_batch
 // (which cannot exceed b). EstimateTwoScale is the unbiased pair of
 // McCandlish et al. for data-parallel training without per-example
-// gradients: local batch b vs. global batch P·b.
+// gradients: local batch b vs. global batch P·b. Frameworks that reduce on a
+// device pass two scalars: BatchSumsFromScalars gives Σ‖g_i‖² and ‖Σ g_i‖²
+// from the measured sums (‖Σ g_i‖² = b²‖ḡ‖² for a mean-reduced loss; both
+// divided by the square of a mixed-precision loss scale).
 //
 // # Diversity-inducing mechanisms (Section 4.4, eqs. 6 and 22–24)
 //
@@ -58,7 +61,11 @@
 //
 // By Theorem 9, B_S^DIM ≥ B_S whenever B_S ≤ n; above n the mechanisms pull
 // Δ toward 1 but keep B_S^DIM > n. Expected gives the closed form and
-// MonteCarlo an independent simulation with a standard error.
+// MonteCarlo an independent simulation with a standard error. Langevin
+// noise summed over a batch is one Gaussian, Σ_i ξ_i ~ N(0, bσ²I)
+// (Langevin.SumNoiseStd), so a trainer with only the batch gradient adds it
+// once and counts Σ‖g_i‖² + b·d·σ² (Langevin.ExpectedSumSqNorms): M̂² moves
+// by dσ², Ĝ stays unbiased.
 //
 // # Bounds (Theorems 1–2; eqs. 9 and 11)
 //

@@ -338,3 +338,53 @@ func batchGradSqNorm[T float32 | float64](batchGrad []T, b int, mean bool) (floa
 	}
 	return sq, nil
 }
+
+// BatchSumsFromScalars returns the two sufficient sums of a batch of b
+// examples, sumSq = Σ‖g_i‖² and sqNormOfSum = ‖Σ g_i‖², from two scalars
+// reduced where the gradients live (on a GPU, say, so that only two numbers
+// cross to the host): sumSqNorms, the sum of the measured per-example
+// squared norms, and sqNormBatchGrad, the squared norm of the measured
+// batch gradient — of Σ g_i, or of the mean ḡ = Σ g_i/b when mean is true
+// (a mean-reduced loss). With s = normsScale and t = gradScale,
+//
+//	sumSq       = sumSqNorms/s²
+//	sqNormOfSum = sqNormBatchGrad/t²       (sum)
+//	sqNormOfSum = b²·sqNormBatchGrad/t²    (mean),
+//
+// where s, t > 0 are the factors by which the measured per-example and batch
+// gradients are too large: 1 without loss scaling; the loss scale under
+// mixed precision, where the loss is multiplied by it before the backward
+// pass. The two differ when a loss scaler has already divided the batch
+// gradient by the scale (PyTorch's GradScaler.unscale_) but not the
+// per-example norms captured during the backward pass (t = 1, s = the
+// scale). Loss scalers use powers of two, for which the division is exact.
+// Feed the sums to EstimateBatch or EstimateBatchFinite; BatchSumsFromNorms
+// is the same conversion for the vectors themselves.
+//
+// It returns ErrEmpty for b < 1, ErrNonFinite for a NaN or infinite scalar
+// (scaled gradients that overflowed: a loss scaler skips such a step),
+// ErrParam for a negative scalar or a scale that is not finite and > 0, and
+// ErrOverflow when a result overflows.
+func BatchSumsFromScalars(b int, sumSqNorms, sqNormBatchGrad float64, mean bool, normsScale, gradScale float64) (sumSq, sqNormOfSum float64, err error) {
+	switch {
+	case b < 1:
+		return 0, 0, fmt.Errorf("%w: batch of %d examples", ErrEmpty, b)
+	case !isFinite(sumSqNorms) || !isFinite(sqNormBatchGrad):
+		return 0, 0, fmt.Errorf("%w: sum_sq_norms = %v, squared norm of the batch gradient = %v (with a loss scale: the scaled gradients overflowed)",
+			ErrNonFinite, sumSqNorms, sqNormBatchGrad)
+	case sumSqNorms < 0 || sqNormBatchGrad < 0:
+		return 0, 0, paramErr("negative sum of squares: sum_sq_norms = %v, squared norm of the batch gradient = %v", sumSqNorms, sqNormBatchGrad)
+	case !(normsScale > 0) || math.IsInf(normsScale, 1) || !(gradScale > 0) || math.IsInf(gradScale, 1):
+		return 0, 0, paramErr("loss scales = %v (norms), %v (batch gradient), want finite scales > 0 (1 without loss scaling)", normsScale, gradScale)
+	}
+	sumSq = sumSqNorms / (normsScale * normsScale)
+	sqNormOfSum = sqNormBatchGrad / (gradScale * gradScale)
+	if mean {
+		bf := float64(b)
+		sqNormOfSum *= bf * bf
+	}
+	if !isFinite(sumSq) || !isFinite(sqNormOfSum) {
+		return 0, 0, fmt.Errorf("%w: batch sums %v, %v (b = %d, loss scales %v, %v)", ErrOverflow, sumSq, sqNormOfSum, b, normsScale, gradScale)
+	}
+	return sumSq, sqNormOfSum, nil
+}

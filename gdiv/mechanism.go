@@ -675,3 +675,43 @@ func monteCarlo[T float32 | float64](m Mechanism, grads []T, n, d, samples int, 
 	}
 	return res, nil
 }
+
+// SumNoiseStd returns the standard deviation of the one Gaussian that has
+// the distribution of a batch's summed Langevin noise. The b per-example
+// draws ξ_i ~ N(0, Std²·I) are independent, so
+//
+//	Σ_{i≤b} ξ_i ~ N(0, b·Std²·I):         Std·√b    for the sum Σ(g_i + ξ_i),
+//	(1/b) Σ_{i≤b} ξ_i ~ N(0, Std²/b·I):   Std/√b    for the mean (mean = true),
+//
+// and a trainer that needs only the batch gradient (no per-example
+// gradients) adds one draw of this standard deviation per coordinate to it,
+// instead of b draws. It panics if b < 1.
+func (m Langevin) SumNoiseStd(b int, mean bool) float64 {
+	if b < 1 {
+		panic(fmt.Sprintf("gdiv: Langevin.SumNoiseStd: batch %d, want ≥ 1", b))
+	}
+	if mean {
+		return m.Std / math.Sqrt(float64(b))
+	}
+	return m.Std * math.Sqrt(float64(b))
+}
+
+// ExpectedSumSqNorms returns
+//
+//	E Σ_{i≤b} ‖g_i + ξ_i‖² = sumSqNorms + b·d·Std²,
+//
+// given sumSqNorms = Σ‖g_i‖² of b clean d-dimensional gradients: the
+// batch's Σ‖g_i^sgld‖² with the noise replaced by its expectation (the
+// cross terms 2⟨g_i, ξ_i⟩ have mean zero; it is the sum of SecondMoment
+// over the rows). A trainer that adds the noise once to the batch gradient
+// (SumNoiseStd) never forms the surrogates g_i + ξ_i; with this sum and the
+// squared norm of the noisy batch gradient, whose expectation is
+// ‖Σ g_i‖² + b·d·Std², EstimateBatch's M̂² is shifted by exactly d·Std²
+// (E‖g^sgld‖² of eq. 23) and Ĝ stays unbiased for ‖∇F‖², as with
+// per-example noise. It panics if b < 1 or d < 0.
+func (m Langevin) ExpectedSumSqNorms(sumSqNorms float64, b, d int) float64 {
+	if b < 1 || d < 0 {
+		panic(fmt.Sprintf("gdiv: Langevin.ExpectedSumSqNorms: batch %d, dimension %d, want b ≥ 1, d ≥ 0", b, d))
+	}
+	return sumSqNorms + float64(b)*float64(d)*m.Std*m.Std
+}
