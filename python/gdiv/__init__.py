@@ -15,7 +15,7 @@ tensors, Arrow arrays).
 Core API:
     stats(grads), stats_differential(grads_w, grads_w2), stats_from_sums(...)
     Estimator(beta, ...), estimate(...), estimate_from_norms(...),
-    estimate_from_sums(...), estimate_two_scale(...)
+    estimate_from_sums(...), estimate_two_scale(...), batch_sums_from_scalars(...)
     Dropout(p, rescale=False), Langevin(std), Quantize(levels=1):
         .apply_(grads, seed=...), .apply(grads, seed=...), .expected(grads),
         .monte_carlo(grads, samples=..., seed=...)
@@ -25,13 +25,16 @@ Core API:
     reference.train(X, y, ...), reference.step(...), reference.loss_grad(...),
         reference.initial_weights(...), reference.param_layout(...):
         Go's reference SGD trainer, the ground truth for framework integrations
+    plot.history(history, path): a PNG of a training history (matplotlib)
+    gdiv.torch (import separately): DiversityMonitor, AdaptiveBatchSampler,
+        PerExampleNorms, per_example_grads
 
 Errors: bad data raises subclasses of :class:`GdivError` (a ``ValueError``),
 wrong types ``TypeError``; a call from a ``fork()``-ed child raises
 :class:`ForkError` (use the 'spawn' start method).
 """
 
-from . import bounds, reference
+from . import bounds, plot, reference
 from ._bridge import in_forked_child
 from ._results import Estimate, Expectation, GLMBound, MonteCarloResult, SparseBound, Stats
 from ._stats import stats, stats_differential, stats_from_sums
@@ -49,7 +52,7 @@ from .errors import (
     TooFewError,
     ZeroDimError,
 )
-from .estimator import Estimator, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
+from .estimator import Estimator, batch_sums_from_scalars, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
 from .mechanisms import Dropout, Langevin, Mechanism, Quantize
 from .policy import BatchSizePolicy
 
@@ -66,6 +69,7 @@ __all__ = [
     "estimate_from_norms",
     "estimate_from_sums",
     "estimate_two_scale",
+    "batch_sums_from_scalars",
     "Mechanism",
     "Dropout",
     "Langevin",
@@ -75,6 +79,7 @@ __all__ = [
     "bounds",
     "BatchSizePolicy",
     "reference",
+    "plot",
     "GLMBound",
     "SparseBound",
     "in_forked_child",

@@ -57,6 +57,9 @@ _NAMES = (
     "LossGrads",
     "Step",
     "Train",
+    "BatchSumsFromScalars",
+    "LangevinSumNoiseStd",
+    "LangevinExpectedSumSqNorms",
 )
 
 FORK_MESSAGE = (

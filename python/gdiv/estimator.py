@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ._arrays import operand, vector
 from ._bridge import lib
@@ -43,6 +43,7 @@ __all__ = [
     "estimate_from_norms",
     "estimate_from_sums",
     "estimate_two_scale",
+    "batch_sums_from_scalars",
 ]
 
 _addressof = ctypes.addressof
@@ -174,6 +175,64 @@ def estimate_two_scale(b_small: int, sq_norm_small: float, b_big: int, sq_norm_b
     out = _Buf6()
     _call(lib.EstimateTwoScale, 0, out, int(b_small), float(sq_norm_small), int(b_big), float(sq_norm_big))
     return _make(out[:])
+
+
+def batch_sums_from_scalars(
+    batch_size: int,
+    sum_sq_norms: float,
+    sq_norm_batch_grad: float,
+    *,
+    reduction: str = "sum",
+    norms_scale: float = 1.0,
+    grad_scale: float = 1.0,
+) -> Tuple[float, float]:
+    """The two sums of a batch from scalars reduced where the gradients live
+    (Go's ``BatchSumsFromScalars``): ``(Σ‖g_i‖², ‖Σ g_i‖²)``.
+
+    For gradients on a GPU: reduce there — ``sq_norms.sum()`` and
+    Σ_params ``p.grad.square().sum()`` — and pass the two numbers.
+
+    Args:
+        batch_size: b ≥ 1.
+        sum_sq_norms: Σ of the measured per-example squared norms.
+        sq_norm_batch_grad: the squared norm of the measured batch gradient,
+            Σ g_i (``reduction="sum"``) or the mean (1/b) Σ g_i ("mean": the
+            result is multiplied by b²).
+        norms_scale, grad_scale: the factors s, t > 0 by which the measured
+            per-example and batch gradients are too large (AMP's loss scale;
+            1 without scaling): the values are divided by s² and t². After
+            ``GradScaler.unscale_`` the batch gradient is unscaled (t = 1)
+            but norms captured during backward are not.
+
+    Returns:
+        (sum_sq_norms, sq_norm_of_sum), for :meth:`Estimator.update` or
+        :func:`estimate_from_sums`.
+
+    Raises:
+        gdiv.NonFiniteError: a NaN/Inf scalar (e.g. overflowed AMP gradients).
+        gdiv.ParamError: a negative scalar, a bad scale.
+        gdiv.EmptyInputError: batch_size < 1.
+        gdiv.SumOverflowError: the result overflows.
+
+    Example:
+        >>> import gdiv
+        >>> gdiv.batch_sums_from_scalars(4, 8.0, 0.5, reduction="mean")
+        (8.0, 8.0)
+    """
+    out = (ctypes.c_double * 2)()
+    try:
+        lib.BatchSumsFromScalars(
+            _addressof(out),
+            int(batch_size),
+            float(sum_sq_norms),
+            float(sq_norm_batch_grad),
+            _reduction(reduction),
+            float(norms_scale),
+            float(grad_scale),
+        )
+    except RuntimeError as e:
+        raise translate(e) from None
+    return out[0], out[1]
 
 
 class Estimator:

@@ -209,6 +209,48 @@ class Langevin(Mechanism):
     def _params(self) -> tuple:
         return (self.std, 0, False)
 
+    def sum_noise_std(self, batch_size: int, *, reduction: str = "sum") -> float:
+        """Standard deviation of the one Gaussian that has the distribution of
+        a batch's summed noise (Go's ``Langevin.SumNoiseStd``): std·√b for the
+        summed gradient Σ(g_i + ξ_i), std/√b for the mean ("mean").
+
+        A loop that has only the batch gradient (no per-example gradients)
+        adds one draw of this standard deviation per coordinate to it instead
+        of b per-example draws; :meth:`expected_sum_sq_norms` gives the matching
+        Σ‖g_i + ξ_i‖².
+
+        Raises:
+            gdiv.ParamError: batch_size < 1. ValueError: a bad reduction.
+        """
+        mean = _mean(reduction)
+        try:
+            return lib.LangevinSumNoiseStd(self.std, int(batch_size), mean)
+        except RuntimeError as e:
+            raise translate(e) from None
+
+    def expected_sum_sq_norms(self, sum_sq_norms: float, batch_size: int, dim: int) -> float:
+        """E Σ_i ‖g_i + ξ_i‖² = sum_sq_norms + b·d·std², given the clean
+        Σ‖g_i‖² of b gradients of dimension d (Go's
+        ``Langevin.ExpectedSumSqNorms``): the batch's sum of squared norms
+        with the noise replaced by its expectation. With the noise added once
+        to the batch gradient (:meth:`sum_noise_std`), the estimator's M̂² is
+        shifted by exactly d·std² and Ĝ stays unbiased.
+
+        Raises:
+            gdiv.ParamError: batch_size < 1, dim < 1, a negative sum.
+            gdiv.NonFiniteError: a NaN or infinite sum.
+        """
+        try:
+            return lib.LangevinExpectedSumSqNorms(self.std, float(sum_sq_norms), int(batch_size), int(dim))
+        except RuntimeError as e:
+            raise translate(e) from None
+
+
+def _mean(reduction: str) -> bool:
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction = {reduction!r}; want 'sum' or 'mean'")
+    return reduction == "mean"
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantize(Mechanism):

@@ -9,7 +9,17 @@ Capture modes (pure PyTorch, no Go call):
 * ``full``: :func:`per_example_grads` materializes the (B, P) matrix of
   per-example gradients with ``torch.func`` in chunks under a memory budget.
 
-See ``gdiv.torch.norms`` for the scaling conventions (``loss_reduction``).
+Training loops (Go core through ``gdiv``):
+
+* :class:`DiversityMonitor` — after each backward: the unbiased, smoothed
+  batch-size bound, the policy's next batch size, the LR rule, mechanisms
+  (Langevin in norms mode; Dropout/Quantize in full mode), AMP, logging,
+  checkpoints.
+* :class:`AdaptiveBatchSampler` — a DataLoader ``batch_sampler`` whose
+  batches follow the monitor's batch size (with or without replacement).
+
+See ``gdiv.torch.norms`` for the scaling conventions (``loss_reduction``) and
+``gdiv.torch.monitor`` for the loop.
 """
 
 from ._rules import (
@@ -21,9 +31,14 @@ from ._rules import (
     register_norm_rule,
     registered_norm_rules,
 )
+from .monitor import RECORD_FIELDS, DiversityMonitor
 from .norms import PerExampleNorms, per_example_grads, trainable_parameters
+from .sampler import AdaptiveBatchSampler
 
 __all__ = [
+    "DiversityMonitor",
+    "AdaptiveBatchSampler",
+    "RECORD_FIELDS",
     "PerExampleNorms",
     "per_example_grads",
     "trainable_parameters",

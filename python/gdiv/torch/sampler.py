@@ -1,0 +1,230 @@
+"""AdaptiveBatchSampler: a DataLoader ``batch_sampler`` whose batches have the
+size a :class:`gdiv.torch.DiversityMonitor` decided.
+
+Each index list has length ``monitor.batch_size`` *at the moment the
+DataLoader asks for it*. Without workers (``num_workers=0``) that is right
+after the previous step's ``monitor.step()``, so every batch has the size
+decided after the step before it — the reference trainer's schedule. With
+workers the DataLoader asks ahead (``prefetch_factor × num_workers`` batches
+in flight), so a new size takes effect that many batches later; the monitor
+reads the size of each batch it sees, so estimates and the lr stay correct.
+
+The sampler runs in the main process only: DataLoader workers receive index
+lists and call ``dataset[i]``, never gdiv, so fork-started workers are fine
+(gdiv's fork guard would raise :class:`gdiv.ForkError` in a worker that
+called Go).
+
+Sampling (DESIGN decision 2):
+
+* ``replacement=True`` (default): i.i.d. uniform indices — the paper's
+  sampling, under which Lemma 1 is exact (pair with the monitor's
+  ``sampling="replacement"``). One pass over the sampler ("an epoch") yields
+  batches until at least n indices were drawn; the last batch is whole
+  (``drop_last=True``: the pass ends before a batch that would pass n).
+* ``replacement=False``: shuffled epochs, a fresh permutation of [0, n) per
+  epoch from the generator. A batch that crosses the end of the permutation
+  continues into the next one (every example exactly once per epoch, as
+  Go's ``Shuffle``; such a batch may hold an example twice) and ends the
+  pass; the next pass continues in that permutation. ``drop_last=True``
+  instead drops the rest of the permutation and starts the next pass on a
+  fresh one. Pair with the monitor's ``sampling="shuffle"`` (its
+  ``dataset_size`` default).
+
+Randomness comes only from the sampler's ``torch.Generator`` (``seed`` or
+``generator``), so a seeded sampler gives the same batches for the same
+sizes, and :meth:`AdaptiveBatchSampler.state_dict` resumes mid-pass.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Dict, Iterator, List, Optional, Sized, Union
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["AdaptiveBatchSampler"]
+
+_STATE_VERSION = 1
+
+
+class AdaptiveBatchSampler(Sampler[List[int]]):
+    """A ``batch_sampler`` for ``torch.utils.data.DataLoader`` that follows
+    the monitor's batch size.
+
+    Args:
+        data_source: the data set (anything with ``len``) or its size n.
+        monitor: a :class:`gdiv.torch.DiversityMonitor` (or any object with a
+            ``batch_size`` attribute ≥ 1), read at every batch.
+        replacement: True for i.i.d. draws (the paper), False for shuffled
+            epochs (see the module doc).
+        drop_last: end a pass before a batch that would cross n (see the
+            module doc).
+        generator: the ``torch.Generator`` to draw from (CPU); or
+        seed: seed a new generator (None and no generator: a random seed,
+            kept in :meth:`state_dict`).
+
+    Raises:
+        ValueError: n < 1, both generator and seed, a bad seed.
+
+    Example:
+        >>> sampler = AdaptiveBatchSampler(ds, monitor, replacement=False, seed=0)
+        >>> loader = DataLoader(ds, batch_sampler=sampler, num_workers=2)
+    """
+
+    def __init__(
+        self,
+        data_source: Union[int, Sized],
+        monitor: Any,
+        *,
+        replacement: bool = True,
+        drop_last: bool = False,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+    ) -> None:
+        n = data_source if isinstance(data_source, int) and not isinstance(data_source, bool) else None
+        if n is None:
+            if not hasattr(data_source, "__len__"):
+                raise TypeError(f"AdaptiveBatchSampler: data_source must be a sized data set or an int, got {type(data_source).__name__}")
+            n = len(data_source)  # type: ignore[arg-type]
+        if n < 1:
+            raise ValueError(f"AdaptiveBatchSampler: the data set has {n} examples; want at least 1")
+        if not hasattr(monitor, "batch_size"):
+            raise TypeError(f"AdaptiveBatchSampler: monitor must have a batch_size (a gdiv.torch.DiversityMonitor), got {type(monitor).__name__}")
+        if generator is not None and seed is not None:
+            raise ValueError("AdaptiveBatchSampler: give a generator or a seed, not both")
+        if generator is None:
+            if seed is None:
+                seed = secrets.randbits(63)
+            elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+                raise ValueError(f"AdaptiveBatchSampler: seed must be an integer in [0, 2**64) or None, got {seed!r}")
+            generator = torch.Generator().manual_seed(seed)
+        self.n = n
+        self.monitor = monitor
+        self.replacement = bool(replacement)
+        self.drop_last = bool(drop_last)
+        self.generator = generator
+        self.seed = seed
+        self._perm: Optional[torch.Tensor] = None  # without replacement: the current permutation
+        self._pos = 0  # its next position
+        self._drawn = 0  # with replacement: indices drawn in the current pass
+        self.epoch = 0  # passes completed
+
+    def _batch_size(self) -> int:
+        b = self.monitor.batch_size
+        if b is None:
+            raise ValueError(
+                "AdaptiveBatchSampler: the monitor has no batch size yet: give DiversityMonitor(batch_size=...) "
+                "or a policy"
+            )
+        if isinstance(b, bool) or int(b) != b or b < 1:
+            raise ValueError(f"AdaptiveBatchSampler: monitor.batch_size = {b!r}, want an integer ≥ 1")
+        if self.drop_last and b > self.n:
+            raise ValueError(
+                f"AdaptiveBatchSampler: batch size {b} > {self.n} examples with drop_last=True would yield "
+                "nothing; cap the policy's max_batch at the data set size"
+            )
+        return int(b)
+
+    def _new_perm(self) -> None:
+        self._perm = torch.randperm(self.n, generator=self.generator)
+        self._pos = 0
+
+    def __iter__(self) -> Iterator[List[int]]:
+        if self.replacement:
+            yield from self._iter_replacement()
+        else:
+            yield from self._iter_shuffle()
+        self.epoch += 1
+
+    def _iter_replacement(self) -> Iterator[List[int]]:
+        n = self.n
+        while self._drawn < n:
+            b = self._batch_size()
+            if self.drop_last and self._drawn + b > n:
+                break
+            idx = torch.randint(n, (b,), generator=self.generator)
+            self._drawn += b
+            yield idx.tolist()
+        self._drawn = 0
+
+    def _iter_shuffle(self) -> Iterator[List[int]]:
+        n = self.n
+        if self._perm is None or self._pos >= n:
+            self._new_perm()
+        while True:
+            b = self._batch_size()
+            assert self._perm is not None
+            if self._pos + b <= n:
+                out = self._perm[self._pos : self._pos + b].tolist()
+                self._pos += b
+                yield out
+                if self._pos == n:
+                    return
+                continue
+            if self.drop_last:
+                self._pos = n  # the rest of this permutation is dropped
+                return
+            out = self._perm[self._pos :].tolist()
+            while len(out) < b:  # continue into the next permutation(s)
+                self._new_perm()
+                take = min(b - len(out), n)
+                out += self._perm[:take].tolist()
+                self._pos = take
+            yield out
+            return
+
+    def __len__(self) -> int:
+        """An estimate: the number of batches of one pass at the current
+        batch size, ⌈r/B⌉ (⌊r/B⌋ with drop_last) for the r examples left in
+        the pass. The true number changes when the monitor changes B during
+        the pass; DataLoader uses it only for ``len(loader)``."""
+        b = self._batch_size()
+        if self.replacement:
+            left = self.n - self._drawn
+        else:
+            left = self.n - self._pos if self._perm is not None and self._pos < self.n else self.n
+        return left // b if self.drop_last else -(-left // b)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The position in the current pass and the generator state, to resume
+        mid-pass (``torch.save``-able; holds tensors). With DataLoader workers
+        the state includes batches already requested ahead but not yet
+        trained on: checkpoint with ``num_workers=0`` or accept the skip."""
+        return {
+            "version": _STATE_VERSION,
+            "n": self.n,
+            "replacement": self.replacement,
+            "drop_last": self.drop_last,
+            "generator": self.generator.get_state(),
+            "perm": None if self._perm is None else self._perm.clone(),
+            "pos": self._pos,
+            "drawn": self._drawn,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: another data set size, sampling or version.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"AdaptiveBatchSampler.load_state_dict: state version {state.get('version')!r}, want {_STATE_VERSION}")
+        for key in ("n", "replacement", "drop_last"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"AdaptiveBatchSampler.load_state_dict: the state has {key}={state[key]!r}, this sampler "
+                    f"{key}={getattr(self, key)!r}"
+                )
+        self.generator.set_state(state["generator"])
+        self._perm = None if state["perm"] is None else state["perm"].clone()
+        self._pos = int(state["pos"])
+        self._drawn = int(state["drawn"])
+        self.epoch = int(state["epoch"])
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveBatchSampler(n={self.n}, replacement={self.replacement}, drop_last={self.drop_last}, "
+            f"batch_size={self.monitor.batch_size})"
+        )
