@@ -8,7 +8,7 @@ BIN      := bin/gdiv
 PKGS     := ./...
 
 .DEFAULT_GOAL := help
-.PHONY: help demo build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
+.PHONY: help demo demo-go build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
 
 include mk/python.mk
 
@@ -22,11 +22,14 @@ check-go: ## fail clearly unless Go >= 1.25 is installed
 build: check-go ## build the CLI into bin/gdiv
 	$(GO) build -o $(BIN) ./cmd/gdiv
 
-demo: build ## the main job: diversity, bounds and DIMs on the bundled digits data
+demo: py-install ## the main job: an MLP on digits in PyTorch, fixed vs gdiv-adaptive batch (table + PNG)
+	$(VPY) examples/torch_digits.py --out examples/out
+
+demo-go: build ## the same question with the Go reference trainer and the CLI (table + PNGs in out/demo)
 	@sh ./examples/demo.sh $(BIN)
 
 test: check-go fmt-check vet unit purego fuzz-short py-test ## run every test (what CI runs): Go, fuzz, Python
-	@sh ./examples/demo.sh $(BIN) >/dev/null && echo "demo: ok"
+	@sh ./examples/demo.sh $(BIN) >/dev/null 2>&1 && echo "demo-go: ok"
 
 fmt-check:
 	@out=$$(gofmt -l gdiv cmd bench internal pybridge); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
