@@ -38,20 +38,8 @@ from . import bounds, plot, reference
 from ._bridge import in_forked_child
 from ._results import Estimate, Expectation, GLMBound, MonteCarloResult, SparseBound, Stats
 from ._stats import stats, stats_differential, stats_from_sums
-from .errors import (
-    AllZeroError,
-    EmptyInputError,
-    ForkError,
-    GdivError,
-    LabelError,
-    NonFiniteError,
-    NullError,
-    ParamError,
-    ShapeError,
-    SumOverflowError,
-    TooFewError,
-    ZeroDimError,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403 — the exception classes, listed once in errors.__all__
 from .estimator import Estimator, batch_sums_from_scalars, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
 from .mechanisms import Dropout, Langevin, Mechanism, Quantize
 from .policy import BatchSizePolicy
@@ -83,16 +71,5 @@ __all__ = [
     "GLMBound",
     "SparseBound",
     "in_forked_child",
-    "GdivError",
-    "EmptyInputError",
-    "ZeroDimError",
-    "NonFiniteError",
-    "SumOverflowError",
-    "AllZeroError",
-    "TooFewError",
-    "ShapeError",
-    "ParamError",
-    "LabelError",
-    "NullError",
-    "ForkError",
+    *_errors.__all__,
 ]
