@@ -15,7 +15,7 @@ TOOLS_BIN := $(CURDIR)/.tools/bin
 PY_DEPS   := setuptools wheel pybindgen numpy pyarrow pytest torch matplotlib
 PYTEST_ARGS ?= -q
 
-.PHONY: venv py-tools py-install py-test py-bench py-clean
+.PHONY: venv py-tools py-install py-test py-bench py-bench-torch py-clean
 
 venv: $(VENV)/.gdiv-deps ## create .venv with the Python build, test and bench dependencies
 
@@ -41,6 +41,11 @@ py-test: py-install ## the Python test suite (zero copy, oracle, errors, threads
 
 py-bench: py-install ## Python benchmarks: per-call overhead and size sweep vs NumPy and torch
 	$(VPY) bench/bench_python.py
+
+# The peers (opacus, backpack-for-pytorch, tqdm) are bench-only: installed here, not by `venv`.
+py-bench-torch: py-install ## per-example norms on the CPU: gdiv.torch vs BackPACK, Opacus, torch.func (table + PNG)
+	$(VPY) -m pip install opacus backpack-for-pytorch tqdm
+	$(VPY) bench/bench_torch.py $(BENCH_TORCH_ARGS)
 
 py-clean:
 	rm -rf _pygen build python/gdiv.egg-info python/gdiv/_gdivgo*.so
