@@ -76,7 +76,7 @@ func benchmarkGradsOnly(b *testing.B, problem string, batch int) {
 func BenchmarkSGD(b *testing.B) {
 	for _, problem := range []string{"softmax", "mlp"} {
 		for _, batch := range []int{64, 512} {
-			b.Run(fmt.Sprintf("problem=%s/batch=%d", problem, batch), func(b *testing.B) {
+			b.Run(fmt.Sprintf("problem=%s/batch=%d/sgd", problem, batch), func(b *testing.B) {
 				benchmarkSGD(b, problem, batch)
 			})
 			b.Run(fmt.Sprintf("problem=%s/batch=%d/grads-only", problem, batch), func(b *testing.B) {
