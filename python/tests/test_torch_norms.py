@@ -194,6 +194,13 @@ class TiedLM(nn.Module):
         return self.dec(torch.tanh(self.mix(self.emb(idx))))
 
 
+class ChannelsLast(nn.Module):
+    """No parameters: hands the next layer a channels-last (non-contiguous) input."""
+
+    def forward(self, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 def randomize_affine(model: nn.Module) -> nn.Module:
     """Norm layers start at γ = 1, β = 0; make them generic."""
     g = torch.Generator().manual_seed(3)
@@ -355,6 +362,45 @@ CASES = [
         id="tied-embedding-decoder",
     ),
 ]
+# Convolutions with more than 4 input channels per group take the grouped-
+# convolution path for per-example weight gradients (those above, with 1-4,
+# take im2col + bmm); workspace_bytes=64 forces chunks of one example.
+CASES += [
+    pytest.param(Case(lambda: nn.Conv2d(6, 4, 3, stride=2, padding=1), rn(5, 6, 7, 7)), id="conv2d-grouped-path-stride-pad"),
+    pytest.param(
+        Case(lambda: nn.Conv1d(6, 3, 4, padding="same", dilation=3, padding_mode="circular"), rn(4, 6, 11)),
+        id="conv1d-grouped-path-same-even-kernel-circular",
+    ),
+    pytest.param(
+        Case(lambda: nn.Conv2d(10, 4, (2, 3), groups=2, padding="same", padding_mode="reflect", bias=False), rn(4, 10, 5, 6)),
+        id="conv2d-grouped-path-groups2-same-reflect",
+    ),
+    pytest.param(
+        Case(lambda: nn.Conv3d(5, 2, 2, stride=(1, 2, 1), dilation=(2, 1, 1), padding=(1, 0, 1)), rn(3, 5, 5, 6, 4)),
+        id="conv3d-grouped-path-stride-pad-dil",
+    ),
+    pytest.param(
+        Case(lambda: nn.Conv2d(6, 4, 3, stride=2, padding=1), rn(5, 6, 7, 7), kw={"workspace_bytes": 64}),
+        id="conv2d-grouped-path-chunked",
+    ),
+    pytest.param(
+        Case(lambda: nn.Conv2d(2, 4, 3, padding=1, padding_mode="replicate"), rn(5, 2, 6, 6), kw={"workspace_bytes": 64}),
+        id="conv2d-unfold-path-chunked",
+    ),
+    pytest.param(Case(lambda: nn.Conv2d(8, 8, 3, groups=8), rn(4, 8, 5, 5)), id="conv2d-depthwise-8"),
+    pytest.param(
+        Case(lambda: nn.Sequential(ChannelsLast(), nn.Conv2d(6, 4, 3, padding=1)), rn(4, 6, 5, 5)),
+        id="conv2d-grouped-path-channels-last",
+    ),
+    pytest.param(
+        Case(lambda: nn.Sequential(ChannelsLast(), nn.Conv2d(3, 4, 3, stride=2)), rn(4, 3, 7, 7)),
+        id="conv2d-unfold-path-channels-last",
+    ),
+    pytest.param(
+        Case(lambda: nn.Sequential(nn.Conv2d(6, 4, 2), nn.Flatten(), nn.Linear(4, 3)), rn(5, 6, 2, 2)),
+        id="conv2d-one-position-then-linear",
+    ),
+]
 if hasattr(nn, "RMSNorm"):
     CASES.append(pytest.param(Case(lambda: randomize_affine(nn.RMSNorm(6)), rn(5, 4, 6)), id="rmsnorm-seq"))
 
@@ -450,6 +496,69 @@ def test_freezing_after_attach_needs_reattach() -> None:
     pen.remove()
 
 
+CONV_GRAD_LAYERS = [
+    pytest.param(lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2), (5, 3, 11), id="conv1d"),
+    pytest.param(lambda: nn.Conv1d(6, 3, 4, padding="same", dilation=3, padding_mode="circular"), (4, 6, 10), id="conv1d-same"),
+    pytest.param(lambda: nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), (5, 3, 7, 6), id="conv2d"),
+    pytest.param(lambda: nn.Conv2d(6, 6, 3, groups=3, padding=1, padding_mode="reflect"), (4, 6, 5, 5), id="conv2d-groups"),
+    pytest.param(lambda: nn.Conv2d(5, 4, 2, padding="valid"), (3, 5, 4, 4), id="conv2d-valid"),
+    pytest.param(
+        lambda: nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(2, 1, 1)), (3, 2, 5, 6, 4), id="conv3d"
+    ),
+    pytest.param(lambda: nn.Conv3d(6, 2, 3, padding="same", padding_mode="replicate"), (2, 6, 4, 4, 3), id="conv3d-same"),
+]
+
+
+@pytest.mark.parametrize("build, shape", CONV_GRAD_LAYERS)
+def test_per_example_conv_grads_both_methods(build, shape) -> None:
+    """The grouped-convolution and the im2col + bmm per-example weight
+    gradients against autograd, one example at a time."""
+    torch.manual_seed(0)
+    conv = build().double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    g = torch.randn_like(conv(x))
+    want = []
+    for i in range(x.shape[0]):
+        (w,) = torch.autograd.grad(conv(x[i : i + 1]), conv.weight, g[i : i + 1])
+        want.append(w)
+    want = torch.stack(want)
+    rules = gtorch._rules
+    xd, gd = x.detach(), g.detach()
+    padded, padding = rules._pad_input(xd, conv, keep_symmetric_zeros=True)
+    grouped = rules._conv_grads_grouped(conv, padded, gd, padding)
+    b, groups = x.shape[0], conv.groups
+    padded, _ = rules._pad_input(xd, conv, keep_symmetric_zeros=False)
+    unf = rules._conv_grads_unfold(conv, padded, gd)  # (B·groups, C_in/groups·K, C_out/groups)
+    unf = unf.reshape(b, groups, unf.shape[1], unf.shape[2]).transpose(2, 3).reshape(want.shape)
+    for got in (grouped, unf, rules.per_example_conv_grads(conv, xd, gd)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 5), (4, 3 * 2048 + 16384 + 5), (2, 3, 20000)])
+def test_row_sq_norms_precision(shape) -> None:
+    """vector_norm per block on long rows: float32 as accurate as a float32
+    sum of squares (well within 1e-6), float64 to rounding."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(*shape, generator=g, dtype=torch.float64)
+    want = t.reshape(shape[0], -1).square().sum(1)
+    row_sq_norms = gtorch._rules.row_sq_norms
+    torch.testing.assert_close(row_sq_norms(t), want, rtol=1e-13, atol=0.0)
+    got32 = row_sq_norms(t.float())
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), want, rtol=1e-6, atol=0.0)
+    got = row_sq_norms(t.float(), torch.float64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0.0)
+
+
+def test_chunks_are_balanced() -> None:
+    chunks = gtorch._rules._chunks
+    assert chunks(10, 1, 1, 100) == [slice(0, 10)]
+    assert chunks(10, 1, 1, 4) == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert chunks(65, 1, 1, 64) == [slice(0, 32), slice(32, 65)]
+    assert chunks(3, 10, 8, 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
 def test_im2col_matches_unfold() -> None:
     conv = nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
@@ -496,6 +605,89 @@ def test_register_rule_is_used(monkeypatch) -> None:
     got, pen = hooked_sq_norms(model, x, None, smooth_loss, "sum")
     assert pen.units["1"] == "rule" and calls == ["1"]
     assert_norms(got, want, torch.float64)
+
+
+def test_user_rule_for_linear_replaces_the_builtin_fast_path(monkeypatch) -> None:
+    """The built-in Linear rule has a fused fast path for 2-D inputs; a rule the
+    user registers for nn.Linear must be used instead of it."""
+    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    builtin = gtorch._rules._RULES[nn.Linear]
+    calls = []
+
+    @register_norm_rule(nn.Linear)
+    def linear_rule(layer, inputs, g, ctx):
+        calls.append(ctx.name)
+        return builtin(layer, inputs, g, ctx)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    got, pen = hooked_sq_norms(model, x, None, smooth_loss, "mean")
+    assert sorted(calls) == ["0", "2"]
+    assert_norms(got, want, torch.float64)
+    pen.remove()
+
+
+@pytest.mark.parametrize("trainable", ["weight", "bias"])
+def test_linear_one_parameter_trainable(trainable: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    for layer in (model[0], model[2]):
+        getattr(layer, "bias" if trainable == "weight" else "weight").requires_grad_(False)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    got, pen = hooked_sq_norms(model, x, None, smooth_loss, "sum")
+    assert_norms(got, want, torch.float64)
+    pen.remove()
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda g: {"w": g.new_zeros(g.shape[0]), "zz": g.new_zeros(g.shape[0])}, r"unknown parameter 'zz'"),
+        (lambda g: {"w": g.new_zeros(g.shape[0] + 1), "b": g.new_zeros(g.shape[0])}, r"shape \(6,\) for 'w', expected \(5,\)"),
+        (lambda g: {"w": g.new_zeros(g.shape[0])}, r"returned nothing for \['b'\]"),
+    ],
+    ids=["unknown", "shape", "missing"],
+)
+def test_bad_rule_output_refused(monkeypatch, bad, match) -> None:
+    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    register_norm_rule(Scale)(lambda layer, inputs, g, ctx: bad(g))
+    model = nn.Sequential(nn.Linear(3, 4), Scale(4))
+    with PerExampleNorms(model):
+        with pytest.raises(gtorch.NormsError, match=match):
+            model(torch.randn(5, 3)).sum().backward()
+
+
+def test_settings_changed_after_attach_reach_the_rules(monkeypatch) -> None:
+    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    seen = []
+    builtin = gtorch._rules._RULES[nn.Conv2d]
+
+    @register_norm_rule(nn.Conv2d)
+    def conv_rule(layer, inputs, g, ctx):
+        seen.append((ctx.sequence_method, ctx.workspace_bytes, ctx.dtype))
+        return builtin(layer, inputs, g, ctx)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 16, 2))
+    x = torch.randn(4, 2, 4, 4)
+    want = loop_sq_norms(model.double(), x.double(), None, smooth_loss)
+    pen = PerExampleNorms(model, sequence_method="gram")
+    for method, ws in (("gram", 1 << 20), ("materialize", 64), ("auto", 1 << 20)):
+        pen.sequence_method, pen.workspace_bytes = method, ws
+        smooth_loss(model(x.double())).mean().backward()
+        assert_norms(pen.sq_norms(), want, torch.float64)
+    model.float()
+    smooth_loss(model(x)).mean().backward()
+    assert seen == [
+        ("gram", 1 << 20, torch.float64),
+        ("materialize", 64, torch.float64),
+        ("auto", 1 << 20, torch.float64),
+        ("auto", 1 << 20, torch.float32),
+    ]
+    pen.remove()
 
 
 def test_subclass_overriding_forward_uses_fallback() -> None:
@@ -804,6 +996,37 @@ def test_per_example_grads_chunking_invariant() -> None:
     for kw in ({"chunk_size": 1}, {"chunk_size": 3}, {"chunk_size": 100}, {"max_bytes": (7 + 2) * n_params * 8}):
         # equal up to summation order inside vmap's batched kernels
         torch.testing.assert_close(per_example_grads(model, F.cross_entropy, x, y, **kw), full, rtol=1e-12, atol=1e-15)
+
+
+def test_per_example_grads_default_chunks(monkeypatch) -> None:
+    """Without chunk_size, chunks of at most _FULL_CHUNK_EXAMPLES examples and
+    _FULL_CHUNK_BYTES of per-example gradients, written into the result."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(70, 4, dtype=torch.float64), torch.randint(0, 3, (70,))
+    whole = per_example_grads(model, F.cross_entropy, x, y, chunk_size=70)
+    torch.testing.assert_close(per_example_grads(model, F.cross_entropy, x, y), whole, rtol=1e-12, atol=1e-15)
+    sizes = []
+    real_vmap = torch.func.vmap
+
+    def counting_vmap(fn, *a, **k):
+        batched = real_vmap(fn, *a, **k)
+
+        def run(params, xs, ys):
+            sizes.append(xs[0].shape[0])
+            return batched(params, xs, ys)
+
+        return run
+
+    monkeypatch.setattr(torch.func, "vmap", counting_vmap)
+    per_example_grads(model, F.cross_entropy, x, y)
+    assert sizes == [64, 6]
+    sizes.clear()
+    n_params = whole.shape[1]
+    monkeypatch.setattr(gtorch.norms, "_FULL_CHUNK_BYTES", 20 * n_params * 8)
+    got = per_example_grads(model, F.cross_entropy, x, y)
+    assert sizes == [20, 20, 20, 10]
+    torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-15)
 
 
 def test_per_example_grads_over_budget() -> None:
