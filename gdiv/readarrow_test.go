@@ -299,15 +299,7 @@ func TestReadArrowErrors(t *testing.T) {
 				if !errors.Is(err, tc.sentinel) {
 					t.Errorf("error %v does not wrap %v", err, tc.sentinel)
 				}
-				msg := err.Error()
-				if !strings.HasPrefix(msg, "gdiv: t.arrow: ") {
-					t.Errorf("message %q does not start with the file name", msg)
-				}
-				for _, w := range tc.want {
-					if !strings.Contains(msg, w) {
-						t.Errorf("message %q does not contain %q", msg, w)
-					}
-				}
+				checkReadMessage(t, err, "t.arrow", tc.want)
 			})
 		}
 	}

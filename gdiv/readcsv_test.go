@@ -94,15 +94,8 @@ func TestReadCSVErrors(t *testing.T) {
 			if tc.col != 0 && re.Column != tc.col {
 				t.Errorf("Column = %d, want %d", re.Column, tc.col)
 			}
+			checkReadMessage(t, err, "t.csv", tc.want)
 			msg := err.Error()
-			if !strings.HasPrefix(msg, "gdiv: t.csv: ") {
-				t.Errorf("message %q does not start with the file name", msg)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("message %q does not contain %q", msg, w)
-				}
-			}
 			if strings.Contains(msg, "\n") {
 				t.Errorf("message %q spans several lines", msg)
 			}
@@ -225,6 +218,21 @@ func checkReadMatrix(t *testing.T, m *Matrix) {
 	for k, v := range m.Data {
 		if v-v != 0 {
 			t.Fatalf("non-finite value %v at %d", v, k)
+		}
+	}
+}
+
+// checkReadMessage checks that a reader error names the file (prefix
+// "gdiv: NAME: ") and contains every fragment of want.
+func checkReadMessage(t *testing.T, err error, name string, want []string) {
+	t.Helper()
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "gdiv: "+name+": ") {
+		t.Errorf("message %q does not start with the file name", msg)
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message %q does not contain %q", msg, w)
 		}
 	}
 }
