@@ -99,6 +99,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from . import _fused
 from ._rules import (
     FUSED_TOTALS,
     SEQUENCE_METHODS,
@@ -106,7 +107,10 @@ from ._rules import (
     NormsError,
     RuleContext,
     UnsupportedModuleError,
+    _conv_rule,
     batch_norm_message,
+    conv_method,
+    conv_norms_and_grads,
     find_norm_rule,
     row_sq_norms,
 )
@@ -189,6 +193,7 @@ class _Unit:
     rule: Optional[Callable]  # None: torch.func fallback
     subtree: bool  # owns the parameters of trainable descendants too
     tied: bool = False  # a parameter also belongs to another unit
+    fused: bool = False  # a convolution swapped to its fused class (see _fused)
 
     def __post_init__(self) -> None:
         # Per-call constants, computed once.
@@ -197,7 +202,7 @@ class _Unit:
         self.param_ids = frozenset(id(p) for p in self.plist)
         self.param_names = frozenset(self.params)
         self.ctx: Optional[RuleContext] = None  # the RuleContext of the last call, reused while valid
-        self.fused = FUSED_TOTALS.get(self.rule) if self.rule is not None else None
+        self.total = FUSED_TOTALS.get(self.rule) if self.rule is not None else None
 
     @property
     def label(self) -> str:
@@ -229,16 +234,41 @@ class _Record:
         self.done = False
 
 
-def _weak_hook(obj: Any, method: str, *bound: Any) -> Callable[..., Any]:
+class _WeakHook:
     """A hook calling ``obj.method(*bound, *args)`` that does not keep ``obj``
-    alive: dropping the PerExampleNorms object removes its hooks (``__del__``)."""
-    ref = weakref.ref(obj)
+    alive: dropping the PerExampleNorms object removes its hooks (``__del__``).
 
-    def hook(*args: Any) -> Any:
-        o = ref()
-        return None if o is None else getattr(o, method)(*bound, *args)
+    Copies are inert: ``copy.deepcopy`` of a hooked model (an EMA copy, a
+    checkpoint) and pickling it (``torch.save(model)``) give hooks that do
+    nothing, so that a copy never feeds the original's capture."""
 
-    return hook
+    __slots__ = ("ref", "method", "bound")
+
+    def __init__(self, obj: Any, method: str, *bound: Any) -> None:
+        self.ref = weakref.ref(obj)
+        self.method = method
+        self.bound = bound
+
+    def __call__(self, *args: Any) -> Any:
+        o = self.ref()
+        return None if o is None else getattr(o, self.method)(*self.bound, *args)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[()]]:
+        return (_inert_hook, ())
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Callable[..., None]:
+        return _inert_hook()
+
+
+def _inert(*args: Any) -> None:
+    return None
+
+
+def _inert_hook() -> Callable[..., None]:
+    return _inert
+
+
+_weak_hook = _WeakHook
 
 
 def _detach(x: Any) -> Any:
@@ -264,6 +294,12 @@ class PerExampleNorms:
             "materialize" or "auto" (fewer flops; see ``_rules``).
         workspace_bytes: soft cap on temporary memory per layer computation;
             the batch is processed in chunks (of at least one example) below it.
+        fuse_conv: plain ``Conv1d/2d/3d`` layers compute their batch weight
+            and bias gradients as the sums of the per-example gradients their
+            norms need, instead of computing them a second time (see
+            ``gdiv.torch._fused``: their class is swapped for a subclass
+            while attached; ``.grad`` equal to rounding). False: leave the
+            modules alone (slower on conv models).
         attach: attach the hooks now (default). See :meth:`attach`.
 
     Raises:
@@ -289,6 +325,7 @@ class PerExampleNorms:
         fallback: bool = True,
         sequence_method: str = "auto",
         workspace_bytes: int = 256 << 20,
+        fuse_conv: bool = True,
         attach: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -301,12 +338,15 @@ class PerExampleNorms:
             raise ValueError(f"PerExampleNorms: sequence_method must be one of {SEQUENCE_METHODS}, got {sequence_method!r}")
         if not (isinstance(workspace_bytes, int) and workspace_bytes > 0):
             raise ValueError(f"PerExampleNorms: workspace_bytes must be a positive int, got {workspace_bytes!r}")
+        if not isinstance(fuse_conv, bool):
+            raise ValueError(f"PerExampleNorms: fuse_conv must be a bool, got {fuse_conv!r}")
         self._model = model
         self.loss_reduction = loss_reduction
         self.batch_dim = batch_dim
         self.fallback = fallback
         self.sequence_method = sequence_method
         self.workspace_bytes = workspace_bytes
+        self.fuse_conv = fuse_conv
         self._handles: List[Any] = []
         self._units: List[_Unit] = []
         self._param_names: Dict[int, str] = {}
@@ -367,6 +407,10 @@ class PerExampleNorms:
         if hasattr(Tensor, "register_post_accumulate_grad_hook"):
             for _, p in trainable_parameters(self._model):
                 handles.append(p.register_post_accumulate_grad_hook(_weak_hook(self, "_param_hook")))
+        if self.fuse_conv and self.batch_dim == 0:
+            for u in units:
+                if u.rule is _conv_rule and not (u.tied or u.subtree):
+                    u.fused = _fused.bind(u.module, self)
         self._units = units
         self._handles = handles
         self._param_names = {id(p): n for n, p in self._model.named_parameters()}
@@ -381,6 +425,10 @@ class PerExampleNorms:
         last capture are discarded; a backward still in flight is ignored."""
         for h in self._handles:
             h.remove()
+        for u in self._units:
+            if u.fused:
+                _fused.unbind(u.module, self)
+                u.fused = False
         self._handles = []
         self._units = []
         self._attached = False
@@ -398,6 +446,9 @@ class PerExampleNorms:
         try:
             for h in self._handles:
                 h.remove()
+            for u in self._units:
+                if u.fused:
+                    _fused.unbind(u.module)
         except Exception:  # pragma: no cover
             pass
 
@@ -505,8 +556,63 @@ class PerExampleNorms:
         self._records.append(rec)
         calls = self._calls
         calls[id(unit)] = calls.get(id(unit), 0) + 1
+        if unit.fused and type(output.grad_fn) is _fused.FUSED_NODE:
+            # The fused convolution's backward delivers the output gradient
+            # (and takes the batch weight gradient from the norms' by-product).
+            output.grad_fn.sink = _weak_hook(self, "_fused_backward", rec)
+            return
         for slot, j in enumerate(index):
             outs[j].register_hook(functools.partial(self._grad_hook, rec, slot))
+
+    def _fusing(self) -> bool:
+        """Whether a fused convolution's forward should run the fused Function
+        now (see ``_fused``): the forward hooks will capture this call."""
+        return (
+            self._attached
+            and self._model.training
+            and torch.is_grad_enabled()
+            and not _suspended()
+            and not _in_backward()
+        )
+
+    def _fused_backward(self, rec: _Record, x: Tensor, g: Tensor, geom: Any, need_bias: bool) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """The sink of a fused convolution's backward node: the call's norms
+        and its batch (weight, bias) gradients as the sums of the per-example
+        gradients; or None, after handing ``g`` to the ordinary hook path,
+        when fusing does not apply (see ``_fused``), and then the node
+        computes the gradients itself."""
+        unit = rec.unit
+        if rec.generation != self._generation or not self._attached:
+            return None  # a stale graph: no capture
+        dtype = g.dtype
+        ctx = self._context(unit, dtype) if dtype is x.dtype else None
+        bias = "bias" in unit.param_names
+        if (
+            ctx is None
+            or torch.is_grad_enabled()  # create_graph=True: differentiable formulas
+            or rec.done
+            or rec.grads[0] is not None
+            or self._calls.get(id(unit), 0) != 1
+            or dtype is not _compute_dtype(unit.plist)
+            or need_bias != bias
+            or conv_method(geom, g, ctx) != "materialize"
+        ):
+            self._grad_hook(rec, 0, g)
+            return None
+        self._backward_seen = True
+        self._last_backward = "train"
+        if self._batch != rec.batch:
+            self._check_batch(rec)
+        try:
+            sq, gw, gb = conv_norms_and_grads(geom, x, g, ctx, bias)
+            prev = self._layer.get(unit.key)
+            self._layer[unit.key] = sq if prev is None else prev + sq
+            self._seen_params.update(unit.param_ids)
+        finally:
+            rec.done = True
+            rec.pending = 0
+            rec.args, rec.kwargs, rec.grads = (), {}, []
+        return gw, gb
 
     def _eval_grad_hook(self, grad: Tensor) -> None:
         self._last_backward = "eval"
@@ -604,8 +710,8 @@ class PerExampleNorms:
         g = self._to_batch_first(rec.grads[0], dtype)
         ctx = self._context(unit, dtype)
         inputs = tuple(self._to_batch_first(a, dtype) if isinstance(a, Tensor) else a for a in rec.args)
-        if unit.fused is not None:
-            total = unit.fused(unit.module, inputs, g, ctx)
+        if unit.total is not None:
+            total = unit.total(unit.module, inputs, g, ctx)
             if total is not None:
                 return total
         parts = unit.rule(unit.module, inputs, g, ctx)

@@ -1,0 +1,220 @@
+"""Fused convolutions: one computation for the norms and the batch gradient.
+
+A convolution's per-example squared weight-gradient norms need its
+per-example weight gradients (``_rules``): as many flops as the layer's own
+weight gradient, which the layer's backward then computes a second time.
+With ``PerExampleNorms(model, fuse_conv=True)`` (the default) each plain
+``nn.Conv1d/2d/3d`` unit computes them once: its backward takes the weight
+(and bias) gradient to be the *sum* of the per-example gradients whose norms
+it hands to PerExampleNorms, and computes the input gradient as PyTorch does.
+The batch gradient is the same sum in another order (float32: equal to
+rounding, ~1e-6 relative; float64: ~1e-15).
+
+How. While the hooks are attached, the module's class is swapped for a
+subclass (``FusedConv2d``; ``isinstance`` and ``repr`` unchanged, ``type(m)
+is nn.Conv2d`` is not) whose forward runs :class:`_FusedConv`, an autograd
+Function, when its PerExampleNorms is capturing (train mode, gradients on,
+the weight trainable, a batched float32/float64 input of the weight's dtype,
+no autocast, no torch.func transform, not compiling), and the plain forward
+otherwise. ``remove()`` (or dropping the PerExampleNorms) restores the class.
+The forward hook hands the call's record to the Function's backward node,
+which then computes
+
+    grad_input    aten.convolution_backward, input only (as PyTorch does),
+    grad_weight   Σ_i per-example weight gradients (the norms' by-product),
+    grad_bias     Σ_i per-example bias gradients,
+
+when the rule would materialize per-example gradients anyway
+(``conv_method`` "materialize", the unit called once, one backward).
+Otherwise — a second backward over the graph (``retain_graph``), a backward
+with ``create_graph=True`` (double backward: the plain formulas, which are
+differentiable), the Gram method, a module called twice, a stale graph — it
+computes all three as PyTorch does and the norms come from the ordinary rule.
+
+Everything else about gradients is unchanged: ``.grad`` accumulates through
+the parameters' ``AccumulateGrad`` nodes, so parameter hooks, DDP's reducer
+and ``torch.autograd.grad`` see the same tensors.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._rules import ConvGeometry, conv_padding
+
+__all__ = ["bind", "unbind", "bound_owner", "fusable_module", "FUSED_NODE"]
+
+
+class _FusedConv(torch.autograd.Function):
+    """conv(x, weight, bias) whose backward can take the batch weight and bias
+    gradients from a sink (see the module doc). ``ctx.sink`` is set by the
+    forward hook after the call: ``sink(x, g, geom, need_bias) -> (gw, gb) |
+    None`` (None: compute them here)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor], geom: ConvGeometry) -> Tensor:
+        ctx.geom = geom
+        ctx.sink = None
+        ctx.save_for_backward(x, weight)
+        return torch.ops.aten.convolution(
+            x, weight, bias, geom.stride, geom.padding, geom.dilation, False, (0,) * len(geom.stride), geom.groups
+        )
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        geom = ctx.geom
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        args = (list(geom.stride), list(geom.padding), list(geom.dilation), False, [0] * len(geom.stride), geom.groups)
+        sink = ctx.sink  # kept: a second backward must reach it too (and be refused there)
+        got = sink(x, g, geom, need_b) if (sink is not None and need_w) else None
+        if got is None:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                g, x, weight, [geom.out_channels] if need_b else None, *args, [need_x, need_w, need_b]
+            )
+            return gx, gw, gb, None
+        gw, gb = got
+        gx = torch.ops.aten.convolution_backward(g, x, weight, None, *args, [True, False, False])[0] if need_x else None
+        return gx, gw, gb, None
+
+
+FUSED_NODE = _FusedConv._backward_cls  # type(output.grad_fn) of a fused call
+
+
+# ----------------------------------------------------------- the classes ---
+
+# module -> (weakref to its PerExampleNorms, the class to restore). Weak keys:
+# a copy of a swapped module (copy.deepcopy) is not a key, so it runs the plain
+# forward.
+_BOUND: "weakref.WeakKeyDictionary[nn.Module, Tuple[weakref.ref, type]]" = weakref.WeakKeyDictionary()
+
+_functorch_active: Callable[[], bool] = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _geometry(layer: nn.modules.conv._ConvNd) -> Optional[ConvGeometry]:
+    """The aten.convolution arguments of the layer's forward, after the
+    padding it applies with F.pad (non-zero padding modes); None where the
+    forward pads asymmetrically (``padding="same"`` with an even kernel
+    extent): those calls run the plain forward."""
+    pads = conv_padding(layer)
+    if layer.padding_mode == "zeros":
+        if any(left != right for left, right in pads):
+            return None
+        padding = tuple(left for left, _ in pads)
+    else:
+        padding = (0,) * len(pads)
+    return ConvGeometry(
+        in_channels=layer.in_channels,
+        out_channels=layer.out_channels,
+        kernel_size=tuple(layer.kernel_size),
+        stride=tuple(layer.stride),
+        padding=padding,
+        dilation=tuple(layer.dilation),
+        groups=layer.groups,
+    )
+
+
+class _FusedConvMixin:
+    """The forward of the swapped-in classes (see the module doc)."""
+
+    _gdiv_unfused: type  # the original class (its rule, its repr name)
+
+    def _get_name(self) -> str:
+        return self._gdiv_unfused.__name__
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
+        base = self._gdiv_unfused
+        entry = _BOUND.get(self)
+        owner = entry[0]() if entry is not None else None
+        weight, bias = self.weight, self.bias
+        if (
+            owner is None
+            or not owner._fusing()
+            or type(input) is not Tensor
+            or input.dim() != len(self.kernel_size) + 2
+            or not weight.requires_grad
+            or input.dtype is not weight.dtype
+            or weight.dtype not in (torch.float32, torch.float64)
+            or _functorch_active()
+            or _compiling()
+            or _autocast_on(input.device.type)
+        ):
+            return base.forward(self, input)
+        geom = _geometry(self)
+        if geom is None:
+            return base.forward(self, input)
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        return _FusedConv.apply(input, weight, bias, geom)
+
+
+def _fused_class(base: type) -> type:
+    cls = type(base.__name__, (_FusedConvMixin, base), {"_gdiv_unfused": base, "__module__": __name__})
+    cls.__qualname__ = "Fused" + base.__name__
+    return cls
+
+
+FusedConv1d = _fused_class(nn.Conv1d)
+FusedConv2d = _fused_class(nn.Conv2d)
+FusedConv3d = _fused_class(nn.Conv3d)
+_FUSED = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d}
+
+
+def fusable_module(module: nn.Module) -> bool:
+    """A plain Conv1d/2d/3d (exactly; subclasses may compute something else)
+    whose forward pads symmetrically or with a non-zero padding mode."""
+    return type(module) in _FUSED and _geometry(module) is not None
+
+
+def bound_owner(module: nn.Module) -> Any:
+    """The live PerExampleNorms the module is fused for, or None."""
+    entry = _BOUND.get(module)
+    return entry[0]() if entry is not None else None
+
+
+def bind(module: nn.Module, owner: Any) -> bool:
+    """Swap the module's class for its fused one, for ``owner``. False (and
+    nothing done) for a module that is not fusable or is already fused for
+    another live owner."""
+    if not fusable_module(module):
+        return False
+    entry = _BOUND.get(module)
+    if entry is not None:
+        live = entry[0]()
+        if live is not None and live is not owner:
+            return False
+    base = type(module)
+    module.__class__ = _FUSED[base]
+    _BOUND[module] = (weakref.ref(owner), base)
+    return True
+
+
+def unbind(module: nn.Module, owner: Any = None) -> None:
+    """Restore the module's class (if fused for ``owner``; any owner if None,
+    or if its owner is gone)."""
+    entry = _BOUND.get(module)
+    if entry is None:
+        return
+    live = entry[0]()
+    if owner is not None and live is not None and live is not owner:
+        return
+    del _BOUND[module]
+    if isinstance(module, _FusedConvMixin):
+        module.__class__ = entry[1]

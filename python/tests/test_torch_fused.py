@@ -1,0 +1,422 @@
+"""Fused convolutions (gdiv.torch._fused): the batch gradient taken from the
+per-example gradients the norms need.
+
+The oracle for gradients is plain PyTorch autograd on an identical copy of
+the model without hooks; for norms, the per-example loop of
+test_torch_norms. Tolerances: float64 rtol 1e-10 (atol 1e-12·max), float32
+rtol 1e-5 (atol 1e-6·max): the same sums in another order.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import importlib
+import pickle
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import gdiv  # noqa: E402
+
+_CHECKOUT = str(Path(__file__).resolve().parents[1] / "gdiv")
+if "gdiv.torch" not in __import__("sys").modules and _CHECKOUT not in list(gdiv.__path__):
+    gdiv.__path__.insert(0, _CHECKOUT)
+gtorch = importlib.import_module("gdiv.torch")
+norms_mod = importlib.import_module("gdiv.torch.norms")
+fused = importlib.import_module("gdiv.torch._fused")
+rules = importlib.import_module("gdiv.torch._rules")
+
+from gdiv.torch import CaptureError, PerExampleNorms, register_norm_rule  # noqa: E402
+from test_torch_norms import DTYPES, assert_norms, loop_sq_norms, smooth_loss  # noqa: E402
+
+torch.set_num_threads(1)
+
+GTOL = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-6)}
+
+
+def assert_grads(model: nn.Module, ref: nn.Module, dtype: torch.dtype) -> None:
+    rtol, atol = GTOL[dtype]
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol * q.grad.abs().max().item(), msg=name)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the fused computations (norms + batch gradients in one)."""
+    calls = []
+    real = norms_mod.conv_norms_and_grads
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(norms_mod, "conv_norms_and_grads", counting)
+    return calls
+
+
+def rn(*shape, dtype=torch.float64, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+# (build, input shape): every path of the fused backward — im2col (<= 4 input
+# channels per group) and grouped convolution, padding modes, "same" with odd
+# kernels, stride, dilation, groups, no bias, 1-D/2-D/3-D, channels-last.
+LAYERS = [
+    pytest.param(lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2), (5, 3, 11), id="conv1d-unfold"),
+    pytest.param(lambda: nn.Conv1d(6, 3, 3, padding="same", padding_mode="circular"), (4, 6, 10), id="conv1d-grouped-same-circular"),
+    pytest.param(lambda: nn.Conv2d(1, 16, 3, padding=1), (6, 1, 10, 10), id="conv2d-first-layer"),
+    pytest.param(lambda: nn.Conv2d(16, 8, 3, padding=1), (6, 16, 7, 7), id="conv2d-grouped"),
+    pytest.param(lambda: nn.Conv2d(6, 6, 3, groups=3, padding=1, padding_mode="reflect"), (4, 6, 6, 6), id="conv2d-groups-reflect"),
+    pytest.param(lambda: nn.Conv2d(8, 8, 3, groups=8, bias=False), (4, 8, 6, 6), id="conv2d-depthwise-nobias"),
+    pytest.param(lambda: nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), (5, 6, 9, 8), id="conv2d-stride-dil"),
+    pytest.param(lambda: nn.Conv2d(5, 4, 2, padding="valid"), (3, 5, 6, 6), id="conv2d-valid"),
+    pytest.param(lambda: nn.Conv3d(6, 2, 3, padding="same", padding_mode="replicate"), (2, 6, 5, 5, 4), id="conv3d-same-replicate"),
+    pytest.param(lambda: nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1)), (3, 2, 5, 6, 4), id="conv3d-unfold"),
+]
+
+
+def with_head(conv: nn.Module, shape) -> nn.Module:
+    """conv -> tanh -> flatten -> linear, so the loss is generic."""
+    with torch.no_grad():
+        out = conv(torch.zeros(*shape))
+    return nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(out[0].numel(), 3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("build, shape", LAYERS)
+def test_fused_grads_and_norms(build, shape, reduction, dtype, fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(build(), shape).to(dtype)
+    ref = copy.deepcopy(model)
+    x = rn(*shape, dtype=dtype)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, loss_reduction=reduction)
+    assert isinstance(model[0], fused._FusedConvMixin)
+    for m in (model, ref):
+        ell = smooth_loss(m(x))
+        (ell.mean() if reduction == "mean" else ell.sum()).backward()
+    assert len(fused_calls) == 1, "the fused backward did not run"
+    assert_grads(model, ref, dtype)
+    assert_norms(pen.sq_norms(), want, dtype)
+    pen.remove()
+
+
+def test_fused_chunked_equals_unchunked(fused_calls) -> None:
+    """A workspace of a few bytes forces one example per chunk: the chunks'
+    gradient sums add up to the batch gradient."""
+    torch.manual_seed(0)
+    for build, shape in ((lambda: nn.Conv2d(6, 4, 3, padding=1), (5, 6, 6, 6)), (lambda: nn.Conv2d(2, 4, 3), (5, 2, 6, 6))):
+        model = with_head(build(), shape).double()
+        ref = copy.deepcopy(model)
+        x = rn(*shape)
+        want = loop_sq_norms(model, x, None, smooth_loss)
+        pen = PerExampleNorms(model, workspace_bytes=8)
+        for m in (model, ref):
+            smooth_loss(m(x)).mean().backward()
+        assert_grads(model, ref, torch.float64)
+        assert_norms(pen.sq_norms(), want, torch.float64)
+        pen.remove()
+    assert len(fused_calls) == 2
+
+
+def test_channels_last_input(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3, padding=1), (4, 6, 5, 5)).double()
+    ref = copy.deepcopy(model)
+    x = rn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, loss_reduction="sum")
+    for m in (model, ref):
+        smooth_loss(m(x)).sum().backward()
+    assert len(fused_calls) == 1
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_cnn_training_steps_match_plain(fused_calls) -> None:
+    """Ten SGD steps of a small CNN with the monitor's hooks stay on the plain
+    run's trajectory (float64)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)
+    ).double()
+    ref = copy.deepcopy(model)
+    pen = PerExampleNorms(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, ref)]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        x = torch.randn(8, 1, 8, 8, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 10, (8,), generator=gen)
+        for m, opt in zip((model, ref), opts):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+        assert pen.sq_norms().shape == (8,)
+    assert len(fused_calls) == 20
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------- the class swap ---
+
+
+def test_swap_is_invisible_and_undone() -> None:
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.Flatten())
+    before = repr(model)
+    pen = PerExampleNorms(model)
+    assert type(conv) is fused.FusedConv2d and isinstance(conv, nn.Conv2d)
+    assert repr(model) == before
+    assert pen.units == {"0": "rule"}
+    assert rules.find_norm_rule(conv) is rules._conv_rule
+    pen.attach()  # idempotent
+    assert type(conv) is fused.FusedConv2d
+    pen.remove()
+    assert type(conv) is nn.Conv2d
+    pen.attach()
+    assert type(conv) is fused.FusedConv2d
+    del pen
+    gc.collect()
+    assert type(conv) is nn.Conv2d  # dropping the object restores the class
+
+
+def test_fuse_conv_false_leaves_modules_alone(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, fuse_conv=False)
+    assert type(model[0]) is nn.Conv2d
+    smooth_loss(model(x)).mean().backward()
+    assert_norms(pen.sq_norms(), want, torch.float64)
+    assert fused_calls == []
+    with pytest.raises(ValueError, match="fuse_conv must be a bool"):
+        PerExampleNorms(model, fuse_conv="yes")
+
+
+def test_deepcopy_and_pickle_of_attached_model_run_plain(fused_calls) -> None:
+    """A copy of a hooked model (deepcopy: an EMA model; pickle: torch.save)
+    has inert hooks and plain convolutions with its own weights: it neither
+    shares the original's weights nor feeds its capture."""
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with torch.no_grad():
+            twin[0].weight.mul_(2.0)
+        ref = F.conv2d(x, twin[0].weight, twin[0].bias)
+        out = twin[0](x)
+        torch.testing.assert_close(out, ref)
+        assert type(out.grad_fn) is not fused.FUSED_NODE
+        smooth_loss(twin(x)).mean().backward()  # train mode, with gradients: not captured
+        assert twin[0].weight.grad is not None
+    assert fused_calls == [] and pen._records == []
+    smooth_loss(model(x)).mean().backward()
+    assert len(fused_calls) == 1
+    assert_norms(pen.sq_norms(), want, torch.float64)
+    pen.remove()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: nn.Conv1d(6, 3, 4, padding="same"), id="same-even-kernel-asymmetric"),
+        pytest.param(lambda: type("MyConv", (nn.Conv1d,), {})(6, 3, 3), id="subclass"),
+    ],
+)
+def test_not_swapped(build) -> None:
+    conv = build()
+    cls = type(conv)
+    model = nn.Sequential(conv)
+    pen = PerExampleNorms(model)
+    assert type(conv) is cls
+    x = rn(4, 6, 9).float()
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    smooth_loss(model(x)).mean().backward()
+    assert_norms(pen.sq_norms(), want, torch.float32)
+
+
+def test_user_rule_disables_fusion(monkeypatch) -> None:
+    monkeypatch.setattr(rules, "_RULES", dict(rules._RULES))
+
+    @register_norm_rule(nn.Conv2d)
+    def mine(layer, inputs, g, ctx):
+        return {n: torch.zeros(g.shape[0]) for n in ctx.params}
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    PerExampleNorms(model)
+    assert type(model[0]) is nn.Conv2d
+
+
+def test_two_norms_objects_on_one_model(fused_calls) -> None:
+    """The first object fuses; the second uses the ordinary hooks; both are right."""
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    ref = copy.deepcopy(model)
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    a = PerExampleNorms(model)
+    b = PerExampleNorms(model, loss_reduction="sum")
+    for m in (model, ref):
+        smooth_loss(m(x)).sum().backward()
+    assert len(fused_calls) == 1
+    assert_grads(model, ref, torch.float64)
+    assert_norms(a.sq_norms() / 9.0, want, torch.float64)  # a assumed a mean loss: ×B²
+    assert_norms(b.sq_norms(), want, torch.float64)
+    b.remove()
+    assert type(model[0]) is fused.FusedConv2d  # still a's
+    a.remove()
+    assert type(model[0]) is nn.Conv2d
+
+
+# ------------------------------------------------- where fusing stands down ---
+
+
+def test_double_backward(fused_calls) -> None:
+    """create_graph=True: a gradient penalty through the convolution, the
+    plain (differentiable) formulas; norms of the first backward."""
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3, padding=1), (3, 6, 5, 5)).double()
+    ref = copy.deepcopy(model)
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model)
+    for m in (model, ref):
+        loss = smooth_loss(m(x)).mean()
+        grads = torch.autograd.grad(loss, list(m.parameters()), create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        if m is model:
+            got = pen.sq_norms()
+        penalty.backward()
+    assert fused_calls == []
+    assert_grads(model, ref, torch.float64)
+    assert_norms(got, want, torch.float64)
+
+
+def test_retain_graph_second_backward(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    ref = copy.deepcopy(model)
+    x = rn(3, 6, 5, 5)
+    pen = PerExampleNorms(model)
+    for m in (model, ref):
+        loss = smooth_loss(m(x)).mean()
+        loss.backward(retain_graph=True)
+        loss.backward()
+    assert len(fused_calls) == 1
+    assert_grads(model, ref, torch.float64)  # both backwards accumulated, the second one plain
+    with pytest.raises(CaptureError, match="second backward"):
+        pen.sq_norms()
+
+
+def test_module_called_twice(fused_calls) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.Tanh(), conv, nn.Flatten()).double()
+    ref = copy.deepcopy(model)
+    x = rn(3, 4, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model)
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert fused_calls == []
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_gram_method_uses_plain_gradients(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3, padding=1), (3, 6, 5, 5)).double()
+    ref = copy.deepcopy(model)
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, sequence_method="gram")
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert fused_calls == []
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_frozen_weight_trainable_bias(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    model[0].weight.requires_grad_(False)
+    ref = copy.deepcopy(model)
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model)
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert fused_calls == []
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_eval_no_grad_autocast_and_vmap_run_plain(fused_calls) -> None:
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5))
+    ref = copy.deepcopy(model)
+    pen = PerExampleNorms(model)
+    x = rn(3, 6, 5, 5).float()
+    conv = model[0]
+
+    def plain_node(out):
+        return out.grad_fn is None or type(out.grad_fn) is not fused.FUSED_NODE
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref[0](x))
+    model.eval()
+    assert plain_node(conv(x))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16 and plain_node(out)
+    # torch.func over the attached model: the plain forward
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    per_ex = torch.func.vmap(lambda xi: torch.func.functional_call(model, params, (xi.unsqueeze(0),)))(x)
+    torch.testing.assert_close(per_ex.squeeze(1), ref(x), rtol=1e-5, atol=1e-6)
+    assert fused_calls == []
+    assert not plain_node(conv(x))  # and fused again in a plain train-mode call
+    pen.reset()
+
+
+def test_per_example_grads_with_norms_attached(fused_calls) -> None:
+    """full mode (torch.func) over a model whose convs are swapped."""
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(3, 4, 3), (4, 3, 5, 5)).double()
+    x = rn(4, 3, 5, 5)
+    want = gtorch.per_example_grads(model, lambda o, y=None: smooth_loss(o).mean(), x)
+    pen = PerExampleNorms(model)
+    got = gtorch.per_example_grads(model, lambda o, y=None: smooth_loss(o).mean(), x)
+    torch.testing.assert_close(got, want)
+    assert fused_calls == []
+    pen.remove()
+
+
+def test_shape_only_weight_values_are_not_read() -> None:
+    """The grouped path's weight argument is a view of g's memory: the
+    convolution must read only its shape. A NaN weight changes nothing."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 3, padding=1).double()
+    x, g = rn(3, 6, 5, 5), rn(3, 4, 5, 5, seed=2)
+    want = rules._conv_grads_grouped(conv, x, g, [1, 1])
+    nan = torch.full((12, 6, 3, 3), float("nan"), dtype=torch.float64)
+    got = torch.ops.aten.convolution_backward(
+        g.reshape(1, 12, 5, 5), x.reshape(1, 18, 5, 5), nan, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 3, [False, True, False]
+    )[1]
+    torch.testing.assert_close(got.reshape(want.shape), want, rtol=0, atol=0)
+    small = rules._shape_only((4, 5), torch.zeros(3))  # no donor large enough: a new tensor
+    assert small.shape == (4, 5) and small.is_contiguous()
+    g_view = rules._shape_only((2, 3), g)
+    assert g_view.data_ptr() == g.data_ptr()
