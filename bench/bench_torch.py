@@ -28,10 +28,25 @@ Each (model, batch, method) runs in its own fresh subprocess with
 torch.set_num_threads(--threads) (default 1: stable numbers on a small shared
 machine). The subprocess builds two identical copies of the model (same seed),
 one plain and one for the method, and times their steps interleaved (plain,
-method, method, plain, ...): the overhead column is the method's median over
-the median of the plain steps timed next to it, which cancels most of the
-machine's drift. The "plain" row is itself such a pair (plain vs. plain), so
-its overhead shows the noise floor.
+method, method, plain, ...), up to MAX_PAIRS pairs: the overhead column is
+the median, over the pairs, of the method's step time divided by the plain
+step timed next to it, which cancels most of the machine's drift; q1..q3 are
+the quartiles of those ratios. The "plain" row is itself such a pair (plain
+vs. plain), so its overhead shows the noise floor.
+
+Allocator (--malloc). PyTorch's CPU tensors come from malloc. With glibc's
+defaults, freed blocks of a few MiB go back to the kernel (munmap, heap
+trimming) and the next step's allocations fault their pages in again; on a
+virtual machine that costs ~1 µs per 4 KiB page, and how much memory is
+faulted varies from step to step with the allocator's state (plain steps of
+the CNN at batch 256 took 33 to 43 ms in one process depending on 200 to
+6800 faults per step). Any extra temporary then costs its page faults too, in
+every method. --malloc reuse (the default) raises glibc's mmap and trim
+thresholds (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ in each worker's
+environment) so that freed memory is reused by the next step, as jemalloc,
+tcmalloc or PyTorch's CUDA caching allocator do: the table then compares
+compute and memory traffic. --malloc default measures glibc's behaviour
+(noisier; run it to see what an untuned process gets).
 
 Peak memory, two measures, both of one step and both above what was live
 before it. Before each measured step the worker drops what the previous step
@@ -57,7 +72,8 @@ too and excludes only the model, optimizer and data.
             Median of 3 steps.
 
 Usage:
-    python bench/bench_torch.py [--quick] [--threads 1] [--png PATH]
+    python bench/bench_torch.py [--quick] [--threads 1] [--malloc reuse|default]
+                                [--models mlp cnn] [--methods ...] [--png PATH]
 
 --quick runs batch 64 only, with shorter timing (about a minute); the full run
 (batches 64 and 256) takes a few minutes. Needs torch; opacus,
@@ -94,6 +110,7 @@ MODEL_DESC = {
 TARGET = 0.10  # gdiv norms: at most +10% step time and +10% peak memory over plain
 RTOL = 1e-4  # norms agreement across methods (first step)
 TIE_TIME = 0.03  # time ratios closer than this (or the plain-vs-plain noise) are a tie
+MAX_PAIRS = 150  # timed (plain, method) pairs per row, at most
 TIE_MEM = 0.01  # peak tensor memory closer than this fraction of plain's peak is a tie
 MIB = 1 << 20
 
@@ -421,7 +438,7 @@ def worker(model_name: str, batch: int, method: str, threads: int, budget: float
     tm: List[float] = []
     t_start = time.perf_counter()
     k = 0
-    while k < 5 or (time.perf_counter() - t_start < budget and k < 40):
+    while k < 5 or (time.perf_counter() - t_start < budget and k < MAX_PAIRS):
         if k % 2 == 0:
             tp.append(timed(plain))
             tm.append(timed(meth))
@@ -456,6 +473,10 @@ def worker(model_name: str, batch: int, method: str, threads: int, budget: float
         "method": method,
         "ms": 1e3 * statistics.median(tm),
         "plain_ms": 1e3 * statistics.median(tp),
+        # the overhead: the median of the per-pair ratios (each step over the
+        # plain step timed beside it), and their quartiles
+        "ratio": statistics.median(a / b for a, b in zip(tm, tp)),
+        "ratio_q": [float(q) for q in statistics.quantiles([a / b for a, b in zip(tm, tp)], n=4)[::2]],
         "steps": len(tm),
         "peak": peak_m,
         "plain_peak": peak_p,
@@ -470,10 +491,21 @@ def worker(model_name: str, batch: int, method: str, threads: int, budget: float
 # ------------------------------------------------------------------- parent ---
 
 
-def run_worker(model: str, batch: int, method: str, threads: int, budget: float) -> Dict:
+# --malloc reuse: glibc keeps freed memory for the next allocations instead of
+# returning it to the kernel (as jemalloc, tcmalloc and PyTorch's CUDA caching
+# allocator do), so that a step's time does not depend on how many pages the
+# kernel must fault in again; see the module doc.
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
+def run_worker(model: str, batch: int, method: str, threads: int, budget: float, malloc: str = "reuse") -> Dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, str(batch), method,
            "--threads", str(threads), "--budget", str(budget)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for k in REUSE_ENV:
+        env.pop(k, None)
+    if malloc == "reuse":
+        env.update(REUSE_ENV)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
@@ -495,6 +527,11 @@ def fmt(v: Optional[float], spec: str, signed: bool = False) -> str:
 
 def pct_cell(v: Optional[float], width: int = 10) -> str:
     return ("-" if v is None else f"{v:+.1f}%").rjust(width)
+
+
+def quartiles(r: Dict) -> str:
+    lo, hi = r["ratio_q"]
+    return f"{100 * (lo - 1):+.0f}..{100 * (hi - 1):+.0f}%"
 
 
 def agree(rows: List[Dict]) -> Tuple[bool, str]:
@@ -529,10 +566,10 @@ def verdict(rows: List[Dict]) -> str:
     n = by.get("gdiv norms")
     if n is None:
         return "gdiv norms: not measured"
-    t, m = pct(n["ms"], n["plain_ms"]), pct(n["peak"], n["plain_peak"])
+    t, m = 100.0 * (n["ratio"] - 1.0), pct(n["peak"], n["plain_peak"])
     t_ok = t is not None and t <= 100 * TARGET
     m_ok = m is not None and m <= 100 * TARGET
-    ratio = lambda r: r["ms"] / r["plain_ms"]  # noqa: E731
+    ratio = lambda r: r["ratio"]  # noqa: E731
     floor = abs(ratio(by["plain"]) - 1.0) if "plain" in by else 0.0
     tie_t = max(TIE_TIME, floor)
     not_cheaper = []
@@ -608,6 +645,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 64 256; --quick: 64)")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per configuration")
+    ap.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                    help="reuse (default): glibc keeps freed memory for reuse (no page faults per step); "
+                         "default: glibc's own thresholds (see the module doc)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     ap.add_argument("--png", default=os.path.join(HERE, "out", "torch_bench.png"))
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "BATCH", "METHOD"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -634,31 +675,35 @@ def main() -> None:
             vers.append(f"{dist}: not importable ({type(e).__name__}: {e})")
     print(f"Python {platform.python_version()}, {', '.join(vers)}; {gnote}")
     print(f"{os.cpu_count()} CPUs ({platform.machine()}), torch threads per worker: {a.threads}; "
-          f"one fresh subprocess per row; ~{budget:g} s of interleaved timed steps per row")
+          f"one fresh subprocess per row; ~{budget:g} s of interleaved timed steps per row; "
+          f"malloc: {a.malloc}" + (" (freed memory reused, no page faults per step)" if a.malloc == "reuse"
+                                    else " (glibc defaults: page faults vary from step to step)"))
     for m in a.models:
         print(f"  {m}: {MODEL_DESC[m]}; input 1x28x28 (random), 10 classes, cross-entropy (mean), SGD lr 0.01")
-    print("step ms: median step time; vs plain: the method's median over the plain steps timed beside it.")
+    print("step ms: median step time; vs plain: median over the timed pairs of (method step / the plain step")
+    print("  timed beside it); q1..q3: the quartiles of those ratios (the spread the machine adds).")
     print("peak MiB: most tensor memory one step holds above model + optimizer + data (torch profiler; exact).")
     print("rss MiB: the same for the process's resident memory (cross-check, +-a few MiB; see --help).")
 
     t0 = time.perf_counter()
     configs = [(m, b) for m in a.models for b in batches]
     rows: List[Dict] = []
-    head = (f"{'model':<5} {'batch':>5}  {'method':<11} {'step ms':>9} {'vs plain':>10} {'peak MiB':>9}"
+    head = (f"{'model':<5} {'batch':>5}  {'method':<11} {'step ms':>9} {'vs plain':>10} {'q1..q3':>15} {'peak MiB':>9}"
             f" {'vs plain':>10} {'rss MiB':>8}")
     print("\n" + head)
     print("-" * len(head))
     verdicts, checks, extras = [], [], []
     for model, batch in configs:
         group = []
-        for method in METHODS:
-            r = run_worker(model, batch, method, a.threads, budget)
+        for method in a.methods:
+            r = run_worker(model, batch, method, a.threads, budget, a.malloc)
             group.append(r)
             if "error" in r:
                 print(f"{model:<5} {batch:>5}  {method:<11} failed: {r['error']}")
                 continue
             print(
-                f"{model:<5} {batch:>5}  {method:<11} {r['ms']:>9.2f} {pct_cell(pct(r['ms'], r['plain_ms']))}"
+                f"{model:<5} {batch:>5}  {method:<11} {r['ms']:>9.2f} {pct_cell(100.0 * (r['ratio'] - 1.0))}"
+                f" {quartiles(r):>15}"
                 f" {fmt(None if r['peak'] is None else r['peak'] / MIB, '9.1f'):>9}"
                 f" {pct_cell(pct(r['peak'], r['plain_peak']))}"
                 f" {fmt(None if r['rss'] is None else r['rss'] / MIB, '8.1f'):>8}",

@@ -127,11 +127,12 @@ def test_fused_chunked_equals_unchunked(fused_calls) -> None:
     assert len(fused_calls) == 2
 
 
-def test_channels_last_input(fused_calls) -> None:
+@pytest.mark.parametrize("c_in", [6, 3], ids=["grouped", "unfold"])
+def test_channels_last_input(c_in, fused_calls) -> None:
     torch.manual_seed(0)
-    model = with_head(nn.Conv2d(6, 4, 3, padding=1), (4, 6, 5, 5)).double()
+    model = with_head(nn.Conv2d(c_in, 4, 3, padding=1), (4, c_in, 5, 5)).double()
     ref = copy.deepcopy(model)
-    x = rn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    x = rn(4, c_in, 5, 5).contiguous(memory_format=torch.channels_last)
     want = loop_sq_norms(model, x, None, smooth_loss)
     pen = PerExampleNorms(model, loss_reduction="sum")
     for m in (model, ref):
@@ -420,3 +421,36 @@ def test_shape_only_weight_values_are_not_read() -> None:
     assert small.shape == (4, 5) and small.is_contiguous()
     g_view = rules._shape_only((2, 3), g)
     assert g_view.data_ptr() == g.data_ptr()
+
+
+def test_parametrization_registered_while_fused() -> None:
+    """torch.nn.utils.parametrize swaps the class again (a subclass of the
+    fused one): the capture is refused until reattached, remove() leaves the
+    parametrized class in place, and the module keeps computing the right
+    thing."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2.0 * w
+
+    torch.manual_seed(0)
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    x = rn(3, 6, 5, 5)
+    pen = PerExampleNorms(model)
+    parametrize.register_parametrization(model[0], "weight", Double())
+    assert isinstance(model[0], fused.FusedConv2d) and type(model[0]) is not fused.FusedConv2d
+    smooth_loss(model(x)).mean().backward()
+    with pytest.raises(CaptureError, match=r"moved or re-registered since attach\(\) \(0.weight; e.g. by torch.nn.utils.parametrize"):
+        pen.sq_norms()
+    pen.remove()
+    assert parametrize.is_parametrized(model[0])
+    want = F.conv2d(x, 2.0 * model[0].parametrizations.weight.original, model[0].bias)
+    torch.testing.assert_close(model[0](x), want)
+    want_norms = loop_sq_norms(model, x, None, smooth_loss)
+    pen.attach()  # now a unit with a subtree: the torch.func fallback, right again
+    assert pen.units["0"] == "fallback"
+    model.zero_grad(set_to_none=True)
+    smooth_loss(model(x)).mean().backward()
+    assert_norms(pen.sq_norms(), want_norms, torch.float64)
+    pen.remove()

@@ -158,6 +158,27 @@ def test_hooks_owned_idempotent_removable_and_context_manager():
     assert hook_count(model) == base
 
 
+def test_conv_fusion_follows_the_monitor():
+    """Norms mode fuses convolutions while attached (fuse_conv=True, the
+    default), not with fuse_conv=False; remove() restores the class; the
+    step's statistics match either way."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 16, 3)).double()
+    x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    results = []
+    for fuse in (True, False):
+        mon = DiversityMonitor(model, fuse_conv=fuse)
+        assert (type(model[0]) is nn.Conv2d) is not fuse and isinstance(model[0], nn.Conv2d)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        results.append(mon.step())
+        mon.remove()
+        assert type(model[0]) is nn.Conv2d
+    for k in ("m2", "g"):
+        assert results[0][k] == pytest.approx(results[1][k], rel=1e-12)
+
+
 def test_eval_mode_is_inactive_and_step_after_eval_backward_raises():
     model = mlp()
     x, y = batch()

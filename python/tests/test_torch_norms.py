@@ -496,6 +496,35 @@ def test_freezing_after_attach_needs_reattach() -> None:
     pen.remove()
 
 
+def test_replacing_or_thawing_a_parameter_after_attach_is_refused() -> None:
+    """A parameter replaced by a new one (not hooked) or a frozen one made
+    trainable: the capture is refused until reattached; replacing a frozen
+    parameter by another frozen one changes nothing."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double()
+    model[1].bias.requires_grad_(False)
+    pen = PerExampleNorms(model)
+    model[0].weight = nn.Parameter(model[0].weight.detach().clone())
+    smooth_loss(model(x)).mean().backward()
+    with pytest.raises(CaptureError, match=r"now trainable: \['0.weight'\]"):
+        pen.sq_norms()
+    pen.remove()
+    pen.attach()
+    model[1].bias.requires_grad_(True)
+    smooth_loss(model(x)).mean().backward()
+    with pytest.raises(CaptureError, match=r"now trainable: \['1.bias'\]"):
+        pen.sq_norms()
+    model[1].bias.requires_grad_(False)
+    pen.remove()
+    pen.attach()
+    model[1].bias = nn.Parameter(model[1].bias.detach().clone(), requires_grad=False)
+    model.zero_grad(set_to_none=True)
+    smooth_loss(model(x)).mean().backward()
+    assert_norms(pen.sq_norms(), loop_sq_norms(model, x, None, smooth_loss), torch.float64)
+    pen.remove()
+
+
 CONV_GRAD_LAYERS = [
     pytest.param(lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2), (5, 3, 11), id="conv1d"),
     pytest.param(lambda: nn.Conv1d(6, 3, 4, padding="same", dilation=3, padding_mode="circular"), (4, 6, 10), id="conv1d-same"),

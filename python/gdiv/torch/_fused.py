@@ -39,7 +39,7 @@ and ``torch.autograd.grad`` see the same tensors.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,17 +88,15 @@ FUSED_NODE = _FusedConv._backward_cls  # type(output.grad_fn) of a fused call
 
 # ----------------------------------------------------------- the classes ---
 
-# module -> (weakref to its PerExampleNorms, the class to restore). Weak keys:
-# a copy of a swapped module (copy.deepcopy) is not a key, so it runs the plain
-# forward.
-_BOUND: "weakref.WeakKeyDictionary[nn.Module, Tuple[weakref.ref, type]]" = weakref.WeakKeyDictionary()
+# module -> [weakref to its PerExampleNorms, the class to restore, the layer's
+# arguments at the last call, their ConvGeometry]. Weak keys: a copy of a
+# swapped module (copy.deepcopy) is not a key, so it runs the plain forward.
+_BOUND: "weakref.WeakKeyDictionary[nn.Module, List[Any]]" = weakref.WeakKeyDictionary()
 
 _functorch_active: Callable[[], bool] = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -157,7 +155,10 @@ class _FusedConvMixin:
             or _autocast_on(input.device.type)
         ):
             return base.forward(self, input)
-        geom = _geometry(self)
+        key = (self.padding, self.padding_mode, self.stride, self.dilation, self.groups, self.kernel_size)
+        if entry[2] != key:  # the layer's arguments changed since the last call
+            entry[2], entry[3] = key, _geometry(self)
+        geom = entry[3]
         if geom is None:
             return base.forward(self, input)
         if self.padding_mode != "zeros":
@@ -202,7 +203,7 @@ def bind(module: nn.Module, owner: Any) -> bool:
             return False
     base = type(module)
     module.__class__ = _FUSED[base]
-    _BOUND[module] = (weakref.ref(owner), base)
+    _BOUND[module] = [weakref.ref(owner), base, None, None]
     return True
 
 
@@ -216,5 +217,7 @@ def unbind(module: nn.Module, owner: Any = None) -> None:
     if owner is not None and live is not None and live is not owner:
         return
     del _BOUND[module]
-    if isinstance(module, _FusedConvMixin):
+    if type(module) is _FUSED.get(entry[1]):
         module.__class__ = entry[1]
+    # else someone swapped the class again since (torch.nn.utils.parametrize
+    # does): leave it; unbound, the fused forward runs the plain one.

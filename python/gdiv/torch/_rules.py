@@ -373,6 +373,13 @@ def _pad_input(x: Tensor, layer: nn.modules.conv._ConvNd, keep_symmetric_zeros: 
 def _unfold_padded(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
     """:func:`unfold_conv_input` of an input already padded: one strided view
     (B, C, k_1..k_n, L_1..L_n), copied once by the reshape."""
+    view = _unfold_view(x, layer)
+    return view.reshape(x.shape[0], -1, math.prod(view.shape[2 + (x.dim() - 2) :]))
+
+
+def _unfold_view(x: Tensor, layer) -> Tensor:
+    """The im2col of an input already padded as a strided view (no copy):
+    (B, C, k_1..k_n, L_1..L_n)."""
     n = x.dim() - 2
     st = x.stride()
     out = [
@@ -386,7 +393,7 @@ def _unfold_padded(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
         + tuple(st[2 + i] * layer.stride[i] for i in range(n)),
         x.storage_offset(),
     )
-    return view.reshape(x.shape[0], -1, math.prod(out))
+    return view
 
 
 def unfold_conv_input(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
@@ -431,22 +438,31 @@ def _conv_grads_grouped(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, pa
     apart per example; memory B × the weight's size, no im2col. oneDNN runs
     it about as fast as the layer's own weight gradient when a group has
     several input channels (it is slow with 1-4)."""
+    gw, _ = _conv_grads_grouped_bias(layer, x, g, padding, False)
+    return gw.reshape((g.shape[0], g.shape[1]) + tuple(gw.shape[1:]))
+
+
+def _conv_grads_grouped_bias(
+    layer, x: Tensor, g: Tensor, padding: Sequence[int], bias: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`_conv_grads_grouped` as (B·C_out, C_in/groups, k_1..k_n), and with
+    ``bias`` the per-example bias gradients (B·C_out,) from the same call."""
     b, c_out = g.shape[0], g.shape[1]
     weight = _shape_only((b * c_out,) + _weight_shape(layer)[1:], g, x)  # only its shape is read
-    gw = torch.ops.aten.convolution_backward(
+    _, gw, gb = torch.ops.aten.convolution_backward(
         g.reshape((1, b * c_out) + tuple(g.shape[2:])),
         x.reshape((1, b * x.shape[1]) + tuple(x.shape[2:])),
         weight,
-        None,
+        [b * c_out] if bias else None,
         list(layer.stride),
         list(padding),
         list(layer.dilation),
         False,
         [0] * len(padding),
         b * layer.groups,
-        [False, True, False],
-    )[1]
-    return gw.reshape((b, c_out) + tuple(gw.shape[1:]))
+        [False, True, bias],
+    )
+    return gw, gb
 
 
 def _conv_grads_unfold(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor) -> Tensor:
@@ -504,21 +520,20 @@ def conv_method(layer: nn.modules.conv._ConvNd, g: Tensor, ctx: RuleContext) -> 
     return "gram" if t * (d_in + d_out) <= d_in * d_out else "materialize"
 
 
-def _conv_weight_sq_norms(
-    layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, ctx: RuleContext, want_sum: bool = False
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """‖∇W‖² per example by materializing per-example weight gradients, in
-    chunks of the batch whose temporaries take no more memory than the
-    larger of the layer's input and its output gradient ``g`` (so that they
-    do not raise the step's peak memory: the backward has freed at least one
-    tensor of g's size, the activation the next layer saved, and allocates
-    one of the input's size, the input gradient, right after), at least
-    _MIN_CONV_CHUNK examples, at most ctx.workspace_bytes. (Plus one padded
-    copy of the input, for padding the convolution does not apply itself.)
+def _conv_budget(x: Tensor, g: Tensor, per_example: int, ctx: RuleContext) -> int:
+    """Bytes of temporaries per chunk for the materializing conv paths: no
+    more than the larger of the layer's input and its output gradient ``g``
+    (so that they do not raise the step's peak memory: the backward has freed
+    at least one tensor of g's size, the activation the next layer saved, and
+    allocates one of the input's size, the input gradient, right after), at
+    least _MIN_CONV_CHUNK examples' worth, at most ctx.workspace_bytes."""
+    return min(ctx.workspace_bytes, max(x.numel(), g.numel(), _MIN_CONV_CHUNK * per_example) * g.element_size())
 
-    Returns (norms (B,) in g's dtype, and with ``want_sum`` the sum of the
-    per-example weight gradients, in the weight's layout: the batch weight
-    gradient; else None)."""
+
+def _conv_weight_sq_norms(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, ctx: RuleContext) -> Tensor:
+    """‖∇W‖² per example by materializing per-example weight gradients, in
+    chunks of the batch under :func:`_conv_budget`. (Plus one padded copy of
+    the input, for padding the convolution does not apply itself.)"""
     b = x.shape[0]
     unfold = _uses_unfold(layer)
     xp, padding = _pad_input(x, layer, keep_symmetric_zeros=not unfold)
@@ -527,48 +542,82 @@ def _conv_weight_sq_norms(
         per_example = k_in * math.prod(g.shape[2:]) + k_in * layer.out_channels // layer.groups
     else:
         per_example = math.prod(_weight_shape(layer))
-    itemsize = g.element_size()
-    budget = min(ctx.workspace_bytes, max(x.numel(), g.numel(), _MIN_CONV_CHUNK * per_example) * itemsize)
     grads = _conv_grads_unfold if unfold else functools.partial(_conv_grads_grouped, padding=padding)
-    chunks = _chunks(b, per_example, itemsize, budget)
-    out = g.new_empty(b) if len(chunks) > 1 else None
-    total: Optional[Tensor] = None
+    chunks = _chunks(b, per_example, g.element_size(), _conv_budget(x, g, per_example, ctx))
+    if len(chunks) == 1:
+        return row_sq_norms(grads(layer, xp, g).reshape(b, -1))
+    out = g.new_empty(b)
     for sl in chunks:
-        w = grads(layer, xp[sl], g[sl]) if out is not None else grads(layer, xp, g)
-        n = sl.stop - sl.start
-        sq = row_sq_norms(w.reshape(n, -1))
-        if out is None:
-            out = sq
-        else:
-            out[sl] = sq
-        if want_sum:
-            s = w.reshape((n, -1) + tuple(w.shape[1:])).sum(0) if unfold else w.sum(0)
-            total = s if total is None else total.add_(s)
-    if want_sum and unfold:  # (groups, C_in/groups·K, C_out/groups) -> the weight's layout
-        total = total.transpose(1, 2).reshape(_weight_shape(layer))
-    return out, total
+        out[sl] = row_sq_norms(grads(layer, xp[sl], g[sl]).reshape(sl.stop - sl.start, -1))
+    return out
 
 
 def conv_norms_and_grads(
     geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """For the fused path (``_fused``), when :func:`conv_method` is
-    "materialize": the per-example squared norms of the weight gradient (plus
-    the bias gradient's with ``bias``), float64 (B,), and the batch
-    gradients, weight and bias (or None), as the sums of the per-example
-    gradients the norms are taken of, so that the layer's own weight
-    gradient need not be computed as well.
+    "materialize": the per-example squared norms of the weight gradient plus,
+    with ``bias``, the bias gradient, float64 (B,); and the batch gradients,
+    weight and bias (or None), as the sums over the batch of the per-example
+    gradients the norms are taken of, so that the layer's own weight gradient
+    need not be computed as well.
 
     ``x`` is the convolution's input as ``aten.convolution`` received it,
-    ``geom`` its arguments (symmetric zero padding)."""
-    sq, gw = _conv_weight_sq_norms(geom, x, g, ctx, want_sum=True)
-    sq = sq.to(torch.float64)
-    gb = None
-    if bias:
-        pb = g.reshape(g.shape[0], g.shape[1], -1).sum(2)  # (B, C_out) per-example bias gradients
-        sq = sq.add_(row_sq_norms(pb, torch.float64))
-        gb = pb.sum(0)
-    return sq, gw, gb
+    ``geom`` its arguments (symmetric zero padding). The per-example bias
+    gradients come out of the same product as the weight's: a row of ones
+    appended to the im2col columns, or the bias output of the grouped
+    convolution backward. Chunks of the batch under :func:`_conv_budget`."""
+    b, c_out, groups = x.shape[0], geom.out_channels, geom.groups
+    spatial = tuple(g.shape[2:])
+    positions = math.prod(spatial)
+    weight_shape = _weight_shape(geom)
+    unfold = _uses_unfold(geom)
+    xp, padding = _pad_input(x, geom, keep_symmetric_zeros=not unfold)
+    if unfold:
+        k_in = weight_shape[1] * math.prod(geom.kernel_size)  # C_in/groups · K
+        rows = k_in + bias
+        per_example = groups * rows * (positions + c_out // groups)
+    else:
+        per_example = math.prod(weight_shape) + c_out
+    chunks = _chunks(b, per_example, g.element_size(), _conv_budget(x, g, per_example, ctx))
+    sq = g.new_empty(b) if len(chunks) > 1 else None
+    w_sum: Optional[Tensor] = None
+    b_sum: Optional[Tensor] = None
+    for sl in chunks:
+        n = sl.stop - sl.start
+        xs, gs = (xp, g) if n == b else (xp[sl], g[sl])
+        if unfold:
+            # columns (n·groups, C_in/groups·K [+ a row of ones], L), one copy
+            # of the strided im2col view, then one batched product with g
+            view = _unfold_view(xs, geom)  # (n, C_in, k_1..k_d, L_1..L_d)
+            cols = g.new_empty(n * groups, rows, positions)
+            split = (n, groups, weight_shape[1]) + tuple(geom.kernel_size) + spatial
+            cols[:, :k_in].view(split).copy_(view.view(split))
+            if bias:
+                cols[:, k_in].fill_(1.0)
+            w = torch.bmm(cols, gs.reshape(n * groups, c_out // groups, positions).transpose(1, 2))
+            part = row_sq_norms(w.reshape(n, -1))
+            s = w.reshape(n, groups, rows, c_out // groups).sum(0)  # (groups, rows, C_out/groups)
+            w_sum = s if w_sum is None else w_sum.add_(s)
+        else:
+            gw, gb = _conv_grads_grouped_bias(geom, xs, gs, padding, bias)
+            part = row_sq_norms(gw.reshape(n, -1))
+            if gb is not None:
+                gb = gb.reshape(n, c_out)
+                part = part.add_(row_sq_norms(gb))
+                s_b = gb.sum(0)
+                b_sum = s_b if b_sum is None else b_sum.add_(s_b)
+            s = gw.reshape((n,) + weight_shape).sum(0)
+            w_sum = s if w_sum is None else w_sum.add_(s)
+        if sq is None:
+            sq = part
+        else:
+            sq[sl] = part
+    if unfold:
+        if bias:
+            b_sum = w_sum[:, k_in].reshape(c_out)
+        w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(weight_shape)
+    return sq.to(torch.float64), w_sum, b_sum
 
 
 @register_norm_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -581,7 +630,7 @@ def _conv_rule(layer: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleConte
     out: Dict[str, Tensor] = {}
     if "weight" in ctx.params:
         if conv_method(layer, g, ctx) == "materialize":
-            out["weight"] = _conv_weight_sq_norms(layer, x, g, ctx)[0]
+            out["weight"] = _conv_weight_sq_norms(layer, x, g, ctx)
         else:  # the Gram trick over output positions, per group
             groups = layer.groups
             cols = unfold_conv_input(x, layer)  # (B, C_in·K, L)

@@ -240,6 +240,10 @@ class DiversityMonitor:
         seed: seed of the mechanism's draws, an integer in [0, 2**64); None
             draws one (kept in :meth:`state_dict`).
         batch_dim: the example dimension of the layer inputs (norms mode).
+        fuse_conv: norms mode: convolutions take their batch weight gradient
+            from the per-example gradients their norms need (see
+            :class:`gdiv.torch.PerExampleNorms`; swaps their class while
+            attached). False: leave the modules alone.
         attach: attach the hooks now (norms mode).
 
     Raises:
@@ -280,6 +284,7 @@ class DiversityMonitor:
         loss_fn: Optional[Callable[..., Tensor]] = None,
         seed: Optional[int] = None,
         batch_dim: int = 0,
+        fuse_conv: bool = True,
         attach: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -396,7 +401,9 @@ class DiversityMonitor:
         self._pending: Optional[Tuple[Tensor, int, Optional[float]]] = None
         self._generators: Dict[str, torch.Generator] = {}
         self._norms = (
-            PerExampleNorms(model, loss_reduction=loss_reduction, batch_dim=batch_dim, attach=attach) if mode == "norms" else None
+            PerExampleNorms(model, loss_reduction=loss_reduction, batch_dim=batch_dim, fuse_conv=fuse_conv, attach=attach)
+            if mode == "norms"
+            else None
         )
 
     # ------------------------------------------------------------ hooks ---

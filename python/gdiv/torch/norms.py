@@ -25,6 +25,14 @@ into per-example squared norms and the inputs are released. Tensor hooks on
 outputs (rather than ``register_full_backward_hook``) keep working when a
 later in-place op (``ReLU(inplace=True)``) modifies the output.
 
+Fused convolutions (``fuse_conv=True``, the default): a convolution's norms
+need its per-example weight gradients, as many flops as the layer's own
+weight gradient; plain ``Conv1d/2d/3d`` units therefore compute them once and
+take the batch weight and bias gradients (``.grad``) to be their sums, instead
+of the hook above (see ``gdiv.torch._fused``: the module's class is swapped
+for a subclass while attached; ``.grad`` equals PyTorch's to rounding; double
+backward, ``retain_graph``, autocast and torch.func run the plain path).
+
 Generic fallback (``torch.func``): for each example, the parameter gradient of
 ⟨module(x_i), G_i⟩ with ``vmap(grad(...))`` over the module's captured
 inputs. It materializes the unit's per-example gradients — memory B × P_unit
@@ -351,6 +359,7 @@ class PerExampleNorms:
         self._units: List[_Unit] = []
         self._param_names: Dict[int, str] = {}
         self._trainable: frozenset = frozenset()
+        self._param_slots: List[Tuple[str, Dict[str, Any], Tuple[Tuple[str, Any, bool], ...]]] = []
         self._attached = False
         self._generation = 0
         self._reset_capture()
@@ -415,6 +424,13 @@ class PerExampleNorms:
         self._handles = handles
         self._param_names = {id(p): n for n, p in self._model.named_parameters()}
         self._trainable = frozenset(id(p) for _, p in trainable_parameters(self._model))
+        # For the per-capture check that no parameter was frozen, thawed or
+        # replaced since attach: every module's parameter dict and what it held
+        # (cheaper than walking named_parameters each step).
+        self._param_slots = [
+            (name, m._parameters, tuple((k, v, v is not None and v.requires_grad) for k, v in m._parameters.items()))
+            for name, m in self._model.named_modules()
+        ]
         self._attached = True
         self._generation += 1
         self._reset_capture()
@@ -819,15 +835,23 @@ class PerExampleNorms:
             )
         if self._result is not None:
             return self._result
-        now = frozenset(id(p) for _, p in trainable_parameters(self._model))
-        if self._attached and now != self._trainable:
-            names = {id(p): n for n, p in self._model.named_parameters()}
-            frozen = sorted(names.get(i, "?") for i in self._trainable - now)
-            thawed = sorted(names.get(i, "?") for i in now - self._trainable)
+        changes = self._param_changes() if self._attached else []
+        if changes:
+            now = frozenset(id(p) for _, p in trainable_parameters(self._model))
+            if now != self._trainable:
+                names = {id(p): n for n, p in self._model.named_parameters()}
+                frozen = sorted(names.get(i, "?") for i in self._trainable - now)
+                thawed = sorted(names.get(i, "?") for i in now - self._trainable)
+                raise CaptureError(
+                    "gdiv.torch: the set of trainable parameters changed since attach() (now frozen: "
+                    f"{frozen or 'none'}; now trainable: {thawed or 'none'}); call remove() then "
+                    "attach() after changing requires_grad"
+                )
             raise CaptureError(
-                "gdiv.torch: the set of trainable parameters changed since attach() (now frozen: "
-                f"{frozen or 'none'}; now trainable: {thawed or 'none'}); call remove() then "
-                "attach() after changing requires_grad"
+                "gdiv.torch: trainable parameters were moved or re-registered since attach() ("
+                + ", ".join(changes)
+                + "; e.g. by torch.nn.utils.parametrize), so the hooks no longer describe how they are "
+                "used; call remove() then attach() after changing the model"
             )
         if self._problems:
             raise CaptureError("gdiv.torch: " + " ".join(self._problems))
@@ -865,6 +889,24 @@ class PerExampleNorms:
         self._acc = {}
         self._result = (total, layer, scale)  # the layers are scaled when asked for
         return self._result
+
+    def _param_changes(self) -> List[str]:
+        """Qualified names of the trainable parameters (then or now) that were
+        added, removed, replaced, frozen or thawed in the modules' parameter
+        dicts since attach; [] when none (the common case, checked cheaply)."""
+        changed: List[str] = []
+        for mod, params, held in self._param_slots:
+            if len(params) == len(held) and all(
+                params.get(k) is v and (v is None or v.requires_grad == trainable) for k, v, trainable in held
+            ):
+                continue
+            before = {k: (v, trainable) for k, v, trainable in held}
+            for k in sorted(set(before) | set(params)):
+                old, new = before.get(k, (None, False)), params.get(k)
+                now_trainable = new is not None and new.requires_grad
+                if (old[1] or now_trainable) and (old[0] is not new or old[1] != now_trainable):
+                    changed.append(f"{mod}.{k}" if mod else k)
+        return changed
 
     def sq_norms(self) -> Tensor:
         """Per-example squared gradient norms Σ_params ‖∇_θ ℓ_i‖² of the last
