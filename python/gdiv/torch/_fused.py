@@ -139,6 +139,8 @@ class _FusedConvMixin:
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
         base = self._gdiv_unfused
+        if _compiling():  # first: torch.compile traces the plain forward only
+            return base.forward(self, input)
         entry = _BOUND.get(self)
         owner = entry[0]() if entry is not None else None
         weight, bias = self.weight, self.bias
@@ -151,7 +153,6 @@ class _FusedConvMixin:
             or input.dtype is not weight.dtype
             or weight.dtype not in (torch.float32, torch.float64)
             or _functorch_active()
-            or _compiling()
             or _autocast_on(input.device.type)
         ):
             return base.forward(self, input)
