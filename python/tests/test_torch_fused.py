@@ -454,3 +454,53 @@ def test_parametrization_registered_while_fused() -> None:
     smooth_loss(model(x)).mean().backward()
     assert_norms(pen.sq_norms(), want_norms, torch.float64)
     pen.remove()
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 3)
+    ).double()
+
+
+def test_full_backward_hooks_see_the_same_gradients() -> None:
+    x, y = rn(4, 3, 5, 5), torch.tensor([0, 1, 2, 0])
+    seen = {}
+    for fuse in (True, False):
+        model = _small_cnn()
+        pen = PerExampleNorms(model, fuse_conv=fuse)
+        got = []
+        model[2].register_full_backward_hook(lambda mod, gi, go: got.append((gi[0].clone(), go[0].clone())))
+        F.cross_entropy(model(x), y).backward()
+        seen[fuse] = (got, pen.sq_norms(), [p.grad.clone() for p in model.parameters()])
+        pen.remove()
+    (gi_f, go_f), (gi_u, go_u) = seen[True][0][0], seen[False][0][0]
+    torch.testing.assert_close(gi_f, gi_u, rtol=1e-12, atol=0)
+    torch.testing.assert_close(go_f, go_u, rtol=1e-12, atol=0)
+    torch.testing.assert_close(seen[True][1], seen[False][1], rtol=1e-12, atol=0)
+    for a, b in zip(seen[True][2], seen[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_ddp_single_process(tmp_path, fused_calls) -> None:
+    """DistributedDataParallel (gloo, world size 1) over a fused model: DDP's
+    reducer hooks see the fused gradients, which equal plain training's."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    x, y = rn(4, 3, 5, 5), torch.tensor([0, 1, 2, 0])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model, ref = _small_cnn(), _small_cnn()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        pen = PerExampleNorms(model)
+        F.cross_entropy(ddp(x), y).backward()
+        want = loop_sq_norms(ref, x, y, lambda o, t: F.cross_entropy(o, t, reduction="none"))
+        F.cross_entropy(ref(x), y).backward()
+        assert len(fused_calls) == 2
+        assert_grads(model, ref, torch.float64)
+        assert_norms(pen.sq_norms(), want, torch.float64)
+        pen.remove()
+    finally:
+        dist.destroy_process_group()
