@@ -429,6 +429,20 @@ def test_matches_per_example_loop(case: Case, reduction: str, dtype: torch.dtype
     pen.remove()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", [c for c in CASES if "conv" in c.id])
+def test_conv_cases_without_fusion(case: Case, reduction: str, dtype: torch.dtype) -> None:
+    """The convolution cases again through the hook and rule path
+    (fuse_conv=False; the default fuses them, see test_torch_fused)."""
+    model, x, y = make(case, dtype)
+    want = loop_sq_norms(model, x, y, case.loss, case.batch_dim)
+    got, pen = hooked_sq_norms(model, x, y, case.loss, reduction, case.batch_dim, fuse_conv=False, **case.kw)
+    assert not any(type(m).__qualname__.startswith("Fused") for m in model.modules())
+    assert_norms(got, want, dtype)
+    pen.remove()
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_mean_rescaling_is_b_squared(reduction: str) -> None:
     """The raw hook norms of a mean loss are 1/B² of ∇ℓ_i's; mean and sum agree."""

@@ -49,9 +49,13 @@ positions after im2col; A_it ∈ R^{d_in}, G_it ∈ R^{d_out}):
                             channels (groups B·g), or, for layers with at most 4
                             input channels per group (first layers, where oneDNN's
                             grouped kernels are slow), by im2col (one strided
-                            copy) and a batched matrix product; in chunks of the
-                            batch whose temporaries are no larger than the
-                            layer's input. Gram uses the same im2col.
+                            copy, plus a row of ones that yields the bias
+                            gradients) and a batched matrix product; in chunks
+                            of the batch whose temporaries are no larger than
+                            the layer's input or output gradient (see
+                            conv_per_example). Gram uses the same im2col. The
+                            fused path (_fused) also sums the per-example
+                            gradients into the batch gradient.
     Embedding:              ‖∇E‖² = Σ_v ‖Σ_{t: idx_it = v} G_it‖², v ≠ padding_idx
     LayerNorm / RMSNorm /   x̂ = the normalized input (recomputed from A),
     GroupNorm / BatchNorm   ∇γ = Σ_{positions} G_i ⊙ x̂_i, ∇β = Σ_{positions} G_i
@@ -65,7 +69,6 @@ temporary; per block on long rows, see ``row_sq_norms``), then square the norm.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type
 
@@ -530,57 +533,40 @@ def _conv_budget(x: Tensor, g: Tensor, per_example: int, ctx: RuleContext) -> in
     return min(ctx.workspace_bytes, max(x.numel(), g.numel(), _MIN_CONV_CHUNK * per_example) * g.element_size())
 
 
-def _conv_weight_sq_norms(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, ctx: RuleContext) -> Tensor:
-    """‖∇W‖² per example by materializing per-example weight gradients, in
-    chunks of the batch under :func:`_conv_budget`. (Plus one padded copy of
-    the input, for padding the convolution does not apply itself.)"""
-    b = x.shape[0]
-    unfold = _uses_unfold(layer)
-    xp, padding = _pad_input(x, layer, keep_symmetric_zeros=not unfold)
-    k_in = layer.in_channels * math.prod(layer.kernel_size)  # C_in · K
-    if unfold:  # columns, then the (C_in/groups·K) × (C_out/groups) blocks
-        per_example = k_in * math.prod(g.shape[2:]) + k_in * layer.out_channels // layer.groups
-    else:
-        per_example = math.prod(_weight_shape(layer))
-    grads = _conv_grads_unfold if unfold else functools.partial(_conv_grads_grouped, padding=padding)
-    chunks = _chunks(b, per_example, g.element_size(), _conv_budget(x, g, per_example, ctx))
-    if len(chunks) == 1:
-        return row_sq_norms(grads(layer, xp, g).reshape(b, -1))
-    out = g.new_empty(b)
-    for sl in chunks:
-        out[sl] = row_sq_norms(grads(layer, xp[sl], g[sl]).reshape(sl.stop - sl.start, -1))
-    return out
+def conv_per_example(
+    layer, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool, sums: bool
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Materialize a convolution's per-example weight gradients (and with
+    ``bias`` its per-example bias gradients) in chunks of the batch under
+    :func:`_conv_budget`, and return
 
+        ‖∇W_i‖² (B,), ‖∇b_i‖² (B,) or None   in g's dtype,
+        Σ_i ∇W_i (the weight's layout), Σ_i ∇b_i or None   with ``sums``
+                                             (the batch gradients), else None.
 
-def conv_norms_and_grads(
-    geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """For the fused path (``_fused``), when :func:`conv_method` is
-    "materialize": the per-example squared norms of the weight gradient plus,
-    with ``bias``, the bias gradient, float64 (B,); and the batch gradients,
-    weight and bias (or None), as the sums over the batch of the per-example
-    gradients the norms are taken of, so that the layer's own weight gradient
-    need not be computed as well.
-
-    ``x`` is the convolution's input as ``aten.convolution`` received it,
-    ``geom`` its arguments (symmetric zero padding). The per-example bias
-    gradients come out of the same product as the weight's: a row of ones
-    appended to the im2col columns, or the bias output of the grouped
-    convolution backward. Chunks of the batch under :func:`_conv_budget`."""
-    b, c_out, groups = x.shape[0], geom.out_channels, geom.groups
+    ``layer`` is the conv module, with ``x`` its input as its forward received
+    it (padding is applied here as the forward applies it), or a
+    :class:`ConvGeometry`, with ``x`` as ``aten.convolution`` received it
+    (the fused path, ``_fused``). Layers with at most _UNFOLD_MAX_CHANNELS
+    input channels per group: im2col (one copy of a strided view of the
+    input, plus a row of ones for the bias) and one batched matrix product
+    with g; the others: one grouped convolution backward with the batch
+    folded into the channels (its bias output gives the bias gradients)."""
+    b, c_out, groups = x.shape[0], layer.out_channels, layer.groups
     spatial = tuple(g.shape[2:])
     positions = math.prod(spatial)
-    weight_shape = _weight_shape(geom)
-    unfold = _uses_unfold(geom)
-    xp, padding = _pad_input(x, geom, keep_symmetric_zeros=not unfold)
+    weight_shape = _weight_shape(layer)
+    unfold = _uses_unfold(layer)
+    xp, padding = _pad_input(x, layer, keep_symmetric_zeros=not unfold)
     if unfold:
-        k_in = weight_shape[1] * math.prod(geom.kernel_size)  # C_in/groups · K
+        k_in = weight_shape[1] * math.prod(layer.kernel_size)  # C_in/groups · K
         rows = k_in + bias
         per_example = groups * rows * (positions + c_out // groups)
     else:
         per_example = math.prod(weight_shape) + c_out
     chunks = _chunks(b, per_example, g.element_size(), _conv_budget(x, g, per_example, ctx))
-    sq = g.new_empty(b) if len(chunks) > 1 else None
+    sq_w = g.new_empty(b) if len(chunks) > 1 else None
+    sq_b = g.new_empty(b) if len(chunks) > 1 and bias else None
     w_sum: Optional[Tensor] = None
     b_sum: Optional[Tensor] = None
     for sl in chunks:
@@ -589,35 +575,59 @@ def conv_norms_and_grads(
         if unfold:
             # columns (n·groups, C_in/groups·K [+ a row of ones], L), one copy
             # of the strided im2col view, then one batched product with g
-            view = _unfold_view(xs, geom)  # (n, C_in, k_1..k_d, L_1..L_d)
+            view = _unfold_view(xs, layer)  # (n, C_in, k_1..k_d, L_1..L_d)
             cols = g.new_empty(n * groups, rows, positions)
-            split = (n, groups, weight_shape[1]) + tuple(geom.kernel_size) + spatial
+            split = (n, groups, weight_shape[1]) + tuple(layer.kernel_size) + spatial
             cols[:, :k_in].view(split).copy_(view.view(split))
             if bias:
                 cols[:, k_in].fill_(1.0)
             w = torch.bmm(cols, gs.reshape(n * groups, c_out // groups, positions).transpose(1, 2))
-            part = row_sq_norms(w.reshape(n, -1))
-            s = w.reshape(n, groups, rows, c_out // groups).sum(0)  # (groups, rows, C_out/groups)
-            w_sum = s if w_sum is None else w_sum.add_(s)
+            w = w.view(n, groups, rows, c_out // groups)  # per example: weight rows, then the bias row
+            part_w = row_sq_norms((w[:, :, :k_in] if bias else w).reshape(n, -1))
+            part_b = row_sq_norms(w[:, :, k_in].reshape(n, -1)) if bias else None
+            if sums:
+                s = w.sum(0)  # (groups, rows, C_out/groups)
+                w_sum = s if w_sum is None else w_sum.add_(s)
         else:
-            gw, gb = _conv_grads_grouped_bias(geom, xs, gs, padding, bias)
-            part = row_sq_norms(gw.reshape(n, -1))
+            gw, gb = _conv_grads_grouped_bias(layer, xs, gs, padding, bias)
+            part_w = row_sq_norms(gw.reshape(n, -1))
+            part_b = None
             if gb is not None:
                 gb = gb.reshape(n, c_out)
-                part = part.add_(row_sq_norms(gb))
-                s_b = gb.sum(0)
-                b_sum = s_b if b_sum is None else b_sum.add_(s_b)
-            s = gw.reshape((n,) + weight_shape).sum(0)
-            w_sum = s if w_sum is None else w_sum.add_(s)
-        if sq is None:
-            sq = part
+                part_b = row_sq_norms(gb)
+                if sums:
+                    s_b = gb.sum(0)
+                    b_sum = s_b if b_sum is None else b_sum.add_(s_b)
+            if sums:
+                s = gw.reshape((n,) + weight_shape).sum(0)
+                w_sum = s if w_sum is None else w_sum.add_(s)
+        if n == b:
+            sq_w, sq_b = part_w, part_b
         else:
-            sq[sl] = part
-    if unfold:
+            sq_w[sl] = part_w
+            if part_b is not None:
+                sq_b[sl] = part_b
+    if sums and unfold:
         if bias:
             b_sum = w_sum[:, k_in].reshape(c_out)
         w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(weight_shape)
-    return sq.to(torch.float64), w_sum, b_sum
+    return sq_w, sq_b, w_sum, b_sum
+
+
+def conv_norms_and_grads(
+    geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """For the fused path (``_fused``), when :func:`conv_method` is
+    "materialize": the per-example squared norms of the weight plus (with
+    ``bias``) the bias gradients, float64 (B,), and the batch gradients of
+    the weight and bias (or None) as the sums of the per-example gradients
+    those norms are taken of — the layer's own weight gradient need not be
+    computed as well. See :func:`conv_per_example`."""
+    sq_w, sq_b, w_sum, b_sum = conv_per_example(geom, x, g, ctx, bias, sums=True)
+    sq = sq_w.to(torch.float64)
+    if sq_b is not None:
+        sq = sq.add_(sq_b.to(torch.float64))
+    return sq, w_sum, b_sum
 
 
 @register_norm_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -630,7 +640,10 @@ def _conv_rule(layer: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleConte
     out: Dict[str, Tensor] = {}
     if "weight" in ctx.params:
         if conv_method(layer, g, ctx) == "materialize":
-            out["weight"] = _conv_weight_sq_norms(layer, x, g, ctx)
+            sq_w, sq_b, _, _ = conv_per_example(layer, x, g, ctx, bias="bias" in ctx.params, sums=False)
+            out["weight"] = sq_w
+            if sq_b is not None:
+                out["bias"] = sq_b
         else:  # the Gram trick over output positions, per group
             groups = layer.groups
             cols = unfold_conv_input(x, layer)  # (B, C_in·K, L)
@@ -643,7 +656,7 @@ def _conv_rule(layer: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleConte
             a = cols.reshape(b * groups, -1, positions).transpose(1, 2)  # (B·groups, L, C_in/groups·K)
             gg = g.reshape(b * groups, -1, positions).transpose(1, 2)  # (B·groups, L, C_out/groups)
             out["weight"] = sq_norm_of_outer_sums(a, gg, ctx, method="gram").reshape(b, groups).sum(1)
-    if "bias" in ctx.params:
+    if "bias" in ctx.params and "bias" not in out:
         out["bias"] = row_sq_norms(g.reshape(b, c_out, -1).sum(2))
     return out
 
