@@ -504,3 +504,13 @@ def test_ddp_single_process(tmp_path, fused_calls) -> None:
         pen.remove()
     finally:
         dist.destroy_process_group()
+
+
+def test_jit_trace_of_an_attached_model_records_the_plain_convolution() -> None:
+    model = _small_cnn()
+    pen = PerExampleNorms(model)
+    x = rn(4, 3, 5, 5)
+    traced = torch.jit.trace(model, x)  # runs its sanity check: the trace must reproduce the module
+    assert "FusedConv" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), model(x))
+    pen.remove()

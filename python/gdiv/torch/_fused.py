@@ -15,8 +15,8 @@ subclass (``FusedConv2d``; ``isinstance`` and ``repr`` unchanged, ``type(m)
 is nn.Conv2d`` is not) whose forward runs :class:`_FusedConv`, an autograd
 Function, when its PerExampleNorms is capturing (train mode, gradients on,
 the weight trainable, a batched float32/float64 input of the weight's dtype,
-no autocast, no torch.func transform, not compiling), and the plain forward
-otherwise. ``remove()`` (or dropping the PerExampleNorms) restores the class.
+no autocast, no torch.func transform, not compiling or tracing), and the
+plain forward otherwise. ``remove()`` (or dropping the PerExampleNorms) restores the class.
 The forward hook hands the call's record to the Function's backward node,
 which then computes
 
@@ -139,7 +139,7 @@ class _FusedConvMixin:
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
         base = self._gdiv_unfused
-        if _compiling():  # first: torch.compile traces the plain forward only
+        if _compiling() or torch.jit.is_tracing():  # first: compile and jit.trace record the plain forward
             return base.forward(self, input)
         entry = _BOUND.get(self)
         owner = entry[0]() if entry is not None else None
