@@ -87,7 +87,11 @@ Unsupported
 Train-mode BatchNorm (refused, see the message); Embedding with
 ``scale_grad_by_freq`` (refused); activation checkpointing (a forward
 recomputed inside backward is refused); ``torch.compile``d modules (hooks may
-not fire); ``sparse=True`` embeddings are fine. A train-mode forward with
+not fire; a small conv model gave the right norms in eager-hook fallback, but
+this is not tested); ``torch.jit.script`` of a hooked model (Python hooks
+cannot be scripted: script before attaching, or remove() first;
+``torch.jit.trace`` works and records plain convolutions); ``sparse=True``
+embeddings are fine. A train-mode forward with
 gradients enabled that is never backpropagated still counts as a call: the
 next forward before a backward makes every unit "called twice", which is
 correct but materialized (slow) — run such forwards under ``torch.no_grad()``.
