@@ -213,6 +213,7 @@ def test_deepcopy_and_pickle_of_attached_model_run_plain(fused_calls) -> None:
     want = loop_sq_norms(model, x, None, smooth_loss)
     pen = PerExampleNorms(model)
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(twin[0]) is nn.Conv2d  # copies are of the original class
         with torch.no_grad():
             twin[0].weight.mul_(2.0)
         ref = F.conv2d(x, twin[0].weight, twin[0].bias)
@@ -514,3 +515,157 @@ def test_jit_trace_of_an_attached_model_records_the_plain_convolution() -> None:
     assert "FusedConv" not in str(traced.graph)
     torch.testing.assert_close(traced(x), model(x))
     pen.remove()
+
+
+# ------------------------------------------ found by an adversarial review ---
+
+
+@pytest.mark.parametrize("how", ["prune", "weight_norm"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_computed_weights_use_the_fallback(how, fuse, fused_calls) -> None:
+    """A conv whose weight is computed from other parameters in a forward
+    pre-hook (pruning: weight_orig * mask; the old weight_norm: weight_g,
+    weight_v) is neither fused nor given the conv rule (which would norm the
+    gradient of the computed weight): the torch.func fallback, exact."""
+    import warnings
+
+    from torch.nn.utils import prune
+
+    def build():  # (deepcopy refuses models with a computed weight attribute)
+        torch.manual_seed(0)
+        m = with_head(nn.Conv2d(3, 4, 3, padding=1), (4, 3, 6, 6)).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # weight_norm is deprecated in favour of parametrizations
+            if how == "prune":
+                prune.l1_unstructured(m[0], "weight", 0.5)
+            else:
+                nn.utils.weight_norm(m[0])
+                with torch.no_grad():
+                    m[0].weight_g.mul_(1.7)
+        return m
+
+    model, ref = build(), build()
+    x = rn(4, 3, 6, 6)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, fuse_conv=fuse)
+    assert pen.units["0"] == "fallback" and type(model[0]) is nn.Conv2d
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert fused_calls == []
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_forward_mode_ad_runs_the_plain_convolution() -> None:
+    import torch.autograd.forward_ad as fwad
+
+    model = _small_cnn()
+    ref = copy.deepcopy(model)
+    pen = PerExampleNorms(model)
+    x, v = rn(4, 3, 5, 5), rn(4, 3, 5, 5, seed=3)
+    tangents = []
+    for m in (model, ref):
+        with fwad.dual_level():
+            tangents.append(fwad.unpack_dual(m(fwad.make_dual(x, v))).tangent)
+    torch.testing.assert_close(tangents[0], tangents[1])
+    pen.reset()
+
+
+def test_a_forward_saved_while_fused_still_works_after_remove() -> None:
+    """Wrappers keep `module.forward` (accelerate's hooks do): a bound method
+    of the fused class, called after remove() restored the class."""
+    model = _small_cnn()
+    x = rn(2, 3, 5, 5)
+    pen = PerExampleNorms(model)
+    saved = model[0].forward
+    pen.remove()
+    assert type(model[0]) is nn.Conv2d
+    torch.testing.assert_close(saved(x), F.conv2d(x, model[0].weight, model[0].bias, padding=1))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_user_forward_hook_replacing_the_output(fuse, fused_calls) -> None:
+    """A forward hook registered before attaching that replaces the layer's
+    output: the norms need the gradient of the layer's own output, so
+    PerExampleNorms' hook runs first (prepend)."""
+    model = with_head(nn.Conv2d(3, 4, 3, padding=1), (4, 3, 6, 6)).double()
+    model[0].register_forward_hook(lambda m, i, o: o * 2)
+    ref = copy.deepcopy(model)
+    x = rn(4, 3, 6, 6)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, fuse_conv=fuse)
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert len(fused_calls) == int(fuse)
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+@pytest.mark.parametrize("c_in", [3, 8], ids=["unfold", "grouped"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_empty_batch(c_in, fuse) -> None:
+    model = nn.Conv2d(c_in, 4, 3, padding=1).double()
+    ref = copy.deepcopy(model)
+    pen = PerExampleNorms(model, fuse_conv=fuse)
+    x = torch.zeros(0, c_in, 6, 6, dtype=torch.float64)
+    for m in (model, ref):
+        (m(x) ** 2).sum().backward()
+    assert_grads(model, ref, torch.float64)
+    got = pen.sq_norms()
+    assert got.shape == (0,) and got.dtype == torch.float64
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_int_stride_and_padding_attributes(fuse, fused_calls) -> None:
+    """PyTorch's forward accepts `conv.stride = 2` (an int); so do the rules."""
+    model = with_head(nn.Conv2d(3, 4, 3), (4, 3, 9, 9)).double()
+    model[0].stride, model[0].padding, model[0].dilation = 2, 1, 1
+    with torch.no_grad():
+        head_in = model[0](torch.zeros(1, 3, 9, 9, dtype=torch.float64)).numel()
+    model[3] = nn.Linear(head_in, 3).double()
+    ref = copy.deepcopy(model)
+    x = rn(4, 3, 9, 9)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, fuse_conv=fuse)
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert len(fused_calls) == int(fuse)
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+
+
+def test_bias_grad_owns_its_memory() -> None:
+    """The fused unfold path's bias gradient is not a view keeping the whole
+    per-example sum buffer alive in .grad."""
+    model = with_head(nn.Conv2d(3, 8, 3, padding=1), (4, 3, 6, 6))
+    PerExampleNorms(model)
+    smooth_loss(model(rn(4, 3, 6, 6).float())).mean().backward()
+    b = model[0].bias.grad
+    assert b.untyped_storage().nbytes() == b.numel() * b.element_size()
+
+
+def test_refused_by_parametrize_then_fused_again_after_reattach(fused_calls) -> None:
+    """After parametrize's own class swap is undone, the module is still of
+    the fused class but unbound; attaching again fuses it again and
+    remove() then gives back nn.Conv2d."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2.0 * w
+
+    model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
+    pen = PerExampleNorms(model)
+    parametrize.register_parametrization(model[0], "weight", Double())
+    pen.remove()
+    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=True)
+    assert isinstance(model[0], fused.FusedConv2d) and fused.bound_owner(model[0]) is None
+    x = rn(3, 6, 5, 5)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model)
+    smooth_loss(model(x)).mean().backward()
+    assert len(fused_calls) == 1
+    assert_norms(pen.sq_norms(), want, torch.float64)
+    pen.remove()
+    assert type(model[0]) is nn.Conv2d
+

@@ -38,6 +38,8 @@ and ``torch.autograd.grad`` see the same tensors.
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._rules import ConvGeometry, conv_padding
+from ._rules import ConvGeometry, conv_geometry, conv_padding
 
 __all__ = ["bind", "unbind", "bound_owner", "fusable_module", "FUSED_NODE"]
 
@@ -96,6 +98,11 @@ _BOUND: "weakref.WeakKeyDictionary[nn.Module, List[Any]]" = weakref.WeakKeyDicti
 _functorch_active: Callable[[], bool] = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
+def _forward_ad_level() -> int:
+    """The innermost forward-mode AD level (``torch.autograd.forward_ad``), -1 outside one."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1)
+
+
 _compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
@@ -111,22 +118,15 @@ def _geometry(layer: nn.modules.conv._ConvNd) -> Optional[ConvGeometry]:
     padding it applies with F.pad (non-zero padding modes); None where the
     forward pads asymmetrically (``padding="same"`` with an even kernel
     extent): those calls run the plain forward."""
-    pads = conv_padding(layer)
-    if layer.padding_mode == "zeros":
+    geom = conv_geometry(layer)
+    pads = conv_padding(geom)
+    if geom.padding_mode == "zeros":
         if any(left != right for left, right in pads):
             return None
         padding = tuple(left for left, _ in pads)
     else:
         padding = (0,) * len(pads)
-    return ConvGeometry(
-        in_channels=layer.in_channels,
-        out_channels=layer.out_channels,
-        kernel_size=tuple(layer.kernel_size),
-        stride=tuple(layer.stride),
-        padding=padding,
-        dilation=tuple(layer.dilation),
-        groups=layer.groups,
-    )
+    return dataclasses.replace(geom, padding=padding, padding_mode="zeros")
 
 
 class _FusedConvMixin:
@@ -137,8 +137,18 @@ class _FusedConvMixin:
     def _get_name(self) -> str:
         return self._gdiv_unfused.__name__
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Copies (copy.deepcopy) and pickles of a swapped module are of the
+        # original class: plain modules, which a later PerExampleNorms may fuse.
+        rv = super().__reduce_ex__(protocol)
+        if isinstance(rv, tuple) and len(rv) >= 2 and rv[0] is copyreg.__newobj__ and tuple(rv[1]) == (type(self),):
+            rv = (_new_unfused, (self._gdiv_unfused,)) + tuple(rv[2:])
+        return rv
+
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
-        base = self._gdiv_unfused
+        base = getattr(self, "_gdiv_unfused", None)
+        if base is None:  # the class was restored, but this bound method was kept (module.forward saved)
+            return type(self).forward(self, input)
         if _compiling() or torch.jit.is_tracing():  # first: compile and jit.trace record the plain forward
             return base.forward(self, input)
         entry = _BOUND.get(self)
@@ -147,8 +157,10 @@ class _FusedConvMixin:
         if (
             owner is None
             or not owner._fusing()
+            or weight is not self._parameters.get("weight")  # a computed weight (pruning, weight_norm)
+            or _forward_ad_level() >= 0  # forward-mode AD: the Function has no jvp
             or type(input) is not Tensor
-            or input.dim() != len(self.kernel_size) + 2
+            or input.dim() != weight.dim()
             or not weight.requires_grad
             or input.dtype is not weight.dtype
             or weight.dtype not in (torch.float32, torch.float64)
@@ -167,6 +179,12 @@ class _FusedConvMixin:
         return _FusedConv.apply(input, weight, bias, geom)
 
 
+def _new_unfused(cls: type) -> Any:
+    """Pickle/copy reconstructor of a swapped module: a bare instance of the
+    original class (its state is set afterwards, as for any module)."""
+    return cls.__new__(cls)
+
+
 def _fused_class(base: type) -> type:
     cls = type(base.__name__, (_FusedConvMixin, base), {"_gdiv_unfused": base, "__module__": __name__})
     cls.__qualname__ = "Fused" + base.__name__
@@ -179,10 +197,23 @@ FusedConv3d = _fused_class(nn.Conv3d)
 _FUSED = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d}
 
 
+def _plain_class(module: nn.Module) -> type:
+    """The module's class, or for a swapped one the class it replaced."""
+    return getattr(type(module), "_gdiv_unfused", type(module))
+
+
 def fusable_module(module: nn.Module) -> bool:
-    """A plain Conv1d/2d/3d (exactly; subclasses may compute something else)
-    whose forward pads symmetrically or with a non-zero padding mode."""
-    return type(module) in _FUSED and _geometry(module) is not None
+    """A plain Conv1d/2d/3d (exactly; subclasses may compute something else;
+    or one already swapped and not bound) whose forward pads symmetrically or
+    with a non-zero padding mode, with its own ``weight`` (and ``bias``) as
+    its only parameters (not a pruned or weight-normed module, whose weight is
+    computed from other parameters)."""
+    cls = type(module)
+    if not (cls in _FUSED or cls in _FUSED.values()):
+        return False
+    if set(module._parameters) - {"weight", "bias"} or not isinstance(module._parameters.get("weight"), nn.Parameter):
+        return False
+    return _geometry(module) is not None
 
 
 def bound_owner(module: nn.Module) -> Any:
@@ -202,7 +233,7 @@ def bind(module: nn.Module, owner: Any) -> bool:
         live = entry[0]()
         if live is not None and live is not owner:
             return False
-    base = type(module)
+    base = _plain_class(module)
     module.__class__ = _FUSED[base]
     _BOUND[module] = [weakref.ref(owner), base, None, None]
     return True

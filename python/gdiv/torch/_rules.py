@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -164,17 +164,28 @@ def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[NormRule], N
     return deco
 
 
+# The parameters each built-in rule computes. A module of such a type that
+# owns other parameters (torch.nn.utils.prune's weight_orig, the old
+# weight_norm's weight_g / weight_v: the weight is computed from them in a
+# forward pre-hook) gets the torch.func fallback instead (find_norm_rule).
+_RULE_PARAMS: Dict[NormRule, FrozenSet[str]] = {}
+
+
 def find_norm_rule(module: nn.Module) -> Optional[NormRule]:
     """The rule for ``module``: its type's, else the nearest registered base
     class whose ``forward`` the module's class does not override; else None."""
     cls = type(module)
     cls = cls.__dict__.get("_gdiv_unfused", cls)  # a class swapped in by _fused: its base's rule
-    if cls in _RULES:
-        return _RULES[cls]
-    for base in cls.__mro__[1:]:
-        if base in _RULES and cls.forward is base.forward:
-            return _RULES[base]
-    return None
+    rule = _RULES.get(cls)
+    if rule is None:
+        for base in cls.__mro__[1:]:
+            if base in _RULES and cls.forward is base.forward:
+                rule = _RULES[base]
+                break
+    known = _RULE_PARAMS.get(rule) if rule is not None else None
+    if known is not None and not set(module._parameters) <= known:
+        return None
+    return rule
 
 
 def registered_norm_rules() -> Dict[Type[nn.Module], NormRule]:
@@ -323,19 +334,42 @@ FUSED_TOTALS: Dict[NormRule, Callable[..., Optional[Tensor]]] = {_linear_rule: _
 
 @dataclasses.dataclass(frozen=True)
 class ConvGeometry:
-    """What the convolution helpers below read of a conv layer, for a
-    convolution that is not a module call: the fused path (``_fused``) runs
-    ``aten.convolution`` on an input it may have padded itself, with symmetric
-    zero ``padding`` (numbers). The helpers accept a layer or this."""
+    """What the convolution helpers below read of a conv layer, as tuples
+    (:func:`conv_geometry`; a layer's attributes may be plain ints, which
+    PyTorch's forward accepts). ``padding`` is a tuple of numbers or "same" /
+    "valid", as on the layer. The fused path (``_fused``) makes one for the
+    ``aten.convolution`` it runs on an input it may have padded itself
+    (symmetric zero padding, numbers)."""
 
     in_channels: int
     out_channels: int
     kernel_size: Tuple[int, ...]
     stride: Tuple[int, ...]
-    padding: Tuple[int, ...]
+    padding: Union[str, Tuple[int, ...]]
     dilation: Tuple[int, ...]
     groups: int
     padding_mode: str = "zeros"
+
+
+def conv_geometry(layer) -> ConvGeometry:
+    """The layer's arguments as a :class:`ConvGeometry` (itself if it is one)."""
+    if isinstance(layer, ConvGeometry):
+        return layer
+    n = layer.weight.dim() - 2
+
+    def tup(v) -> Tuple[int, ...]:
+        return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+    return ConvGeometry(
+        in_channels=layer.in_channels,
+        out_channels=layer.out_channels,
+        kernel_size=tup(layer.kernel_size),
+        stride=tup(layer.stride),
+        padding=layer.padding if isinstance(layer.padding, str) else tup(layer.padding),
+        dilation=tup(layer.dilation),
+        groups=layer.groups,
+        padding_mode=layer.padding_mode,
+    )
 
 
 def _weight_shape(layer) -> Tuple[int, ...]:
@@ -407,6 +441,7 @@ def unfold_conv_input(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
     Any n (1-D, 2-D, 3-D), stride, dilation, padding (numbers, "same",
     "valid") and ``padding_mode``: after padding, one strided view of the
     input, copied once."""
+    layer = conv_geometry(layer)
     return _unfold_padded(_pad_input(x, layer, keep_symmetric_zeros=False)[0], layer)
 
 
@@ -499,6 +534,7 @@ def per_example_conv_grads(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor)
     k_1..k_n), from its input ``x`` (B, C_in, S_1..S_n) and output gradient
     ``g`` (B, C_out, L_1..L_n): im2col + bmm for layers with few input channels
     per group, else a grouped convolution backward (see the two helpers)."""
+    layer = conv_geometry(layer)
     if not _uses_unfold(layer):
         xp, padding = _pad_input(x, layer, keep_symmetric_zeros=True)
         return _conv_grads_grouped(layer, xp, g, padding)
@@ -609,7 +645,7 @@ def conv_per_example(
                 sq_b[sl] = part_b
     if sums and unfold:
         if bias:
-            b_sum = w_sum[:, k_in].reshape(c_out)
+            b_sum = w_sum[:, k_in].reshape(c_out).clone()  # not a view that keeps w_sum alive in .grad
         w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(weight_shape)
     return sq_w, sq_b, w_sum, b_sum
 
@@ -631,10 +667,10 @@ def conv_norms_and_grads(
 
 
 @register_norm_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _conv_rule(layer: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
+def _conv_rule(module: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
     x = inputs[0]
-    n_spatial = len(layer.kernel_size)
-    _need_batched(x, n_spatial + 2, layer, ctx)
+    _need_batched(x, module.weight.dim(), module, ctx)
+    layer = conv_geometry(module)
     b = x.shape[0]
     c_out = g.shape[1]
     out: Dict[str, Tensor] = {}
@@ -763,3 +799,17 @@ def batch_norm_message(layer: nn.Module, name: str) -> str:
         "the BatchNorm layers in eval mode (running statistics; e.g. `m.eval()` for each BatchNorm "
         "after `model.train()`), or remove the per-example hooks for this model."
     )
+
+
+_RULE_PARAMS.update(
+    {
+        _linear_rule: frozenset({"weight", "bias"}),
+        _conv_rule: frozenset({"weight", "bias"}),
+        _embedding_rule: frozenset({"weight"}),
+        _layer_norm_rule: frozenset({"weight", "bias"}),
+        _group_norm_rule: frozenset({"weight", "bias"}),
+        _batch_norm_eval_rule: frozenset({"weight", "bias"}),
+    }
+)
+if hasattr(nn, "RMSNorm"):
+    _RULE_PARAMS[_rms_norm_rule] = frozenset({"weight"})

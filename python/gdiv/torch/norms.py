@@ -90,8 +90,21 @@ recomputed inside backward is refused); ``torch.compile``d modules (hooks may
 not fire; a small conv model gave the right norms in eager-hook fallback, but
 this is not tested); ``torch.jit.script`` of a hooked model (Python hooks
 cannot be scripted: script before attaching, or remove() first;
-``torch.jit.trace`` works and records plain convolutions); ``sparse=True``
-embeddings are fine. A train-mode forward with
+``torch.jit.trace`` works and records plain convolutions);
+``torch.fx.symbolic_trace`` of a hooked model records fused convolutions as
+``F.conv2d`` calls (same computation; trace before attaching to keep
+``call_module`` nodes); ``sparse=True`` embeddings are fine.
+
+User hooks. PerExampleNorms' forward hooks run first (``prepend=True``), so a
+forward hook registered earlier that replaces a layer's output does not
+change what is normed (the gradient of the layer's own output), but one
+registered later with ``prepend=True`` runs before it and does. A tensor hook
+the user puts on a layer's output that rescales the gradient is seen by
+fused convolutions (whose backward receives the final gradient) but not by
+the other rules, whose tensor hook runs first: the norms are then those of
+the unscaled gradient. Layers whose weight is computed from other parameters
+in a pre-hook (``torch.nn.utils.prune``, the old ``weight_norm``) get the
+torch.func fallback (their rule would norm the computed weight's gradient). A train-mode forward with
 gradients enabled that is never backpropagated still counts as a call: the
 next forward before a backward makes every unit "called twice", which is
 correct but materialized (slow) — run such forwards under ``torch.no_grad()``.
@@ -413,7 +426,11 @@ class PerExampleNorms:
                 )
         handles = []
         for u in units:
-            handles.append(u.module.register_forward_hook(_weak_hook(self, "_forward_hook", u), with_kwargs=True))
+            # prepend: before hooks registered earlier, which may replace the
+            # output; the rule needs the gradient of the layer's own output
+            handles.append(
+                u.module.register_forward_hook(_weak_hook(self, "_forward_hook", u), with_kwargs=True, prepend=True)
+            )
         for name, m in self._model.named_modules():
             if _is_batch_norm(m):
                 handles.append(m.register_forward_pre_hook(_weak_hook(self, "_batch_norm_check", name)))
@@ -609,6 +626,7 @@ class PerExampleNorms:
         bias = "bias" in unit.param_names
         if (
             ctx is None
+            or rec.batch == 0
             or torch.is_grad_enabled()  # create_graph=True: differentiable formulas
             or rec.done
             or rec.grads[0] is not None
@@ -677,7 +695,11 @@ class PerExampleNorms:
         if self._batch != rec.batch:
             self._check_batch(rec)
         try:
-            if unit.tied or self._calls.get(id(unit), 0) > 1:
+            if rec.batch == 0:  # an empty batch: no examples, no norms (rules and vmap need B >= 1)
+                g0 = next(g for g in rec.grads if g is not None)
+                empty = torch.zeros(0, dtype=torch.float64, device=g0.device)
+                self._layer[unit.key] = empty
+            elif unit.tied or self._calls.get(id(unit), 0) > 1:
                 for n, g in self._vmap_grads(rec).items():
                     p = unit.params[n]
                     label = self._param_names.get(id(p), n) if unit.tied else unit.key
