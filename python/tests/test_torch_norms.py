@@ -1093,3 +1093,20 @@ def test_per_example_grads_does_not_trigger_norm_hooks() -> None:
         per_example_grads(model, lambda o: o.sum(), x)
         with pytest.raises(CaptureError, match="nothing captured"):
             pen.sq_norms()
+
+
+def test_pruned_linear_uses_the_fallback() -> None:
+    """torch.nn.utils.prune replaces `weight` by `weight_orig` (a parameter)
+    times a mask in a pre-hook: the Linear rule does not apply (it would norm
+    the masked weight's gradient); the torch.func fallback is exact."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    prune.random_unstructured(model[0], "weight", 0.4)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    got, pen = hooked_sq_norms(model, x, None, smooth_loss, "mean")
+    assert pen.units == {"0": "fallback", "2": "rule"}
+    assert_norms(got, want, torch.float64)
+    pen.remove()
