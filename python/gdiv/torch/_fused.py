@@ -14,11 +14,14 @@ How. While the hooks are attached, the module's class is swapped for a
 subclass (``FusedConv2d``; ``isinstance`` and ``repr`` unchanged, ``type(m)
 is nn.Conv2d`` is not) whose forward runs :class:`_FusedConv`, an autograd
 Function, when its PerExampleNorms is capturing (train mode, gradients on,
-the weight trainable, a batched float32/float64 input of the weight's dtype,
-no autocast, no torch.func transform, not compiling or tracing), and the
-plain forward otherwise. ``remove()`` (or dropping the PerExampleNorms) restores the class.
-The forward hook hands the call's record to the Function's backward node,
-which then computes
+the module's own trainable ``weight`` Parameter — not one computed by
+pruning or weight_norm, whose modules are not swapped at all —, a batched
+float32/float64 input of the weight's dtype, no autocast, no torch.func
+transform, no forward-mode AD, not compiling or tracing), and the plain
+forward otherwise. ``remove()`` (or dropping the PerExampleNorms) restores
+the class; copies (``copy.deepcopy``, pickling) of a swapped module are of
+the original class. The forward hook hands the call's record to the
+Function's backward node, which then computes
 
     grad_input    aten.convolution_backward, input only (as PyTorch does),
     grad_weight   Σ_i per-example weight gradients (the norms' by-product),
