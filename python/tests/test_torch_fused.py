@@ -89,6 +89,21 @@ def with_head(conv: nn.Module, shape) -> nn.Module:
     return nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(out[0].numel(), 3))
 
 
+def run_against_plain(model: nn.Module, x: torch.Tensor, fused_calls, fused: int, **kw) -> None:
+    """One mean-loss step of ``model`` with PerExampleNorms(**kw) attached and of
+    a hook-free copy: ``.grad`` equal, norms equal the per-example loop, and
+    the fused backward ran ``fused`` times."""
+    ref = copy.deepcopy(model)
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    pen = PerExampleNorms(model, **kw)
+    for m in (model, ref):
+        smooth_loss(m(x)).mean().backward()
+    assert len(fused_calls) == fused
+    assert_grads(model, ref, torch.float64)
+    assert_norms(pen.sq_norms(), want, torch.float64)
+    pen.remove()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("build, shape", LAYERS)
@@ -325,44 +340,20 @@ def test_module_called_twice(fused_calls) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 3, padding=1)
     model = nn.Sequential(conv, nn.Tanh(), conv, nn.Flatten()).double()
-    ref = copy.deepcopy(model)
-    x = rn(3, 4, 5, 5)
-    want = loop_sq_norms(model, x, None, smooth_loss)
-    pen = PerExampleNorms(model)
-    for m in (model, ref):
-        smooth_loss(m(x)).mean().backward()
-    assert fused_calls == []
-    assert_grads(model, ref, torch.float64)
-    assert_norms(pen.sq_norms(), want, torch.float64)
+    run_against_plain(model, rn(3, 4, 5, 5), fused_calls, 0)
 
 
 def test_gram_method_uses_plain_gradients(fused_calls) -> None:
     torch.manual_seed(0)
     model = with_head(nn.Conv2d(6, 4, 3, padding=1), (3, 6, 5, 5)).double()
-    ref = copy.deepcopy(model)
-    x = rn(3, 6, 5, 5)
-    want = loop_sq_norms(model, x, None, smooth_loss)
-    pen = PerExampleNorms(model, sequence_method="gram")
-    for m in (model, ref):
-        smooth_loss(m(x)).mean().backward()
-    assert fused_calls == []
-    assert_grads(model, ref, torch.float64)
-    assert_norms(pen.sq_norms(), want, torch.float64)
+    run_against_plain(model, rn(3, 6, 5, 5), fused_calls, 0, sequence_method="gram")
 
 
 def test_frozen_weight_trainable_bias(fused_calls) -> None:
     torch.manual_seed(0)
     model = with_head(nn.Conv2d(6, 4, 3), (3, 6, 5, 5)).double()
     model[0].weight.requires_grad_(False)
-    ref = copy.deepcopy(model)
-    x = rn(3, 6, 5, 5)
-    want = loop_sq_norms(model, x, None, smooth_loss)
-    pen = PerExampleNorms(model)
-    for m in (model, ref):
-        smooth_loss(m(x)).mean().backward()
-    assert fused_calls == []
-    assert_grads(model, ref, torch.float64)
-    assert_norms(pen.sq_norms(), want, torch.float64)
+    run_against_plain(model, rn(3, 6, 5, 5), fused_calls, 0)
 
 
 def test_eval_no_grad_autocast_and_vmap_run_plain(fused_calls) -> None:
@@ -590,15 +581,7 @@ def test_user_forward_hook_replacing_the_output(fuse, fused_calls) -> None:
     PerExampleNorms' hook runs first (prepend)."""
     model = with_head(nn.Conv2d(3, 4, 3, padding=1), (4, 3, 6, 6)).double()
     model[0].register_forward_hook(lambda m, i, o: o * 2)
-    ref = copy.deepcopy(model)
-    x = rn(4, 3, 6, 6)
-    want = loop_sq_norms(model, x, None, smooth_loss)
-    pen = PerExampleNorms(model, fuse_conv=fuse)
-    for m in (model, ref):
-        smooth_loss(m(x)).mean().backward()
-    assert len(fused_calls) == int(fuse)
-    assert_grads(model, ref, torch.float64)
-    assert_norms(pen.sq_norms(), want, torch.float64)
+    run_against_plain(model, rn(4, 3, 6, 6), fused_calls, int(fuse), fuse_conv=fuse)
 
 
 @pytest.mark.parametrize("c_in", [3, 8], ids=["unfold", "grouped"])
@@ -623,15 +606,7 @@ def test_int_stride_and_padding_attributes(fuse, fused_calls) -> None:
     with torch.no_grad():
         head_in = model[0](torch.zeros(1, 3, 9, 9, dtype=torch.float64)).numel()
     model[3] = nn.Linear(head_in, 3).double()
-    ref = copy.deepcopy(model)
-    x = rn(4, 3, 9, 9)
-    want = loop_sq_norms(model, x, None, smooth_loss)
-    pen = PerExampleNorms(model, fuse_conv=fuse)
-    for m in (model, ref):
-        smooth_loss(m(x)).mean().backward()
-    assert len(fused_calls) == int(fuse)
-    assert_grads(model, ref, torch.float64)
-    assert_norms(pen.sq_norms(), want, torch.float64)
+    run_against_plain(model, rn(4, 3, 9, 9), fused_calls, int(fuse), fuse_conv=fuse)
 
 
 def test_bias_grad_owns_its_memory() -> None:
