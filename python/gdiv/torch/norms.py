@@ -293,8 +293,6 @@ def _inert_hook() -> Callable[..., None]:
     return _inert
 
 
-_weak_hook = _WeakHook
-
 
 def _detach(x: Any) -> Any:
     return x.detach() if isinstance(x, Tensor) else x
@@ -429,14 +427,14 @@ class PerExampleNorms:
             # prepend: before hooks registered earlier, which may replace the
             # output; the rule needs the gradient of the layer's own output
             handles.append(
-                u.module.register_forward_hook(_weak_hook(self, "_forward_hook", u), with_kwargs=True, prepend=True)
+                u.module.register_forward_hook(_WeakHook(self, "_forward_hook", u), with_kwargs=True, prepend=True)
             )
         for name, m in self._model.named_modules():
             if _is_batch_norm(m):
-                handles.append(m.register_forward_pre_hook(_weak_hook(self, "_batch_norm_check", name)))
+                handles.append(m.register_forward_pre_hook(_WeakHook(self, "_batch_norm_check", name)))
         if hasattr(Tensor, "register_post_accumulate_grad_hook"):
             for _, p in trainable_parameters(self._model):
-                handles.append(p.register_post_accumulate_grad_hook(_weak_hook(self, "_param_hook")))
+                handles.append(p.register_post_accumulate_grad_hook(_WeakHook(self, "_param_hook")))
         if self.fuse_conv and self.batch_dim == 0:
             for u in units:
                 if u.rule is _conv_rule and not (u.tied or u.subtree):
@@ -596,7 +594,7 @@ class PerExampleNorms:
         if unit.fused and type(output.grad_fn) is _fused.FUSED_NODE:
             # The fused convolution's backward delivers the output gradient
             # (and takes the batch weight gradient from the norms' by-product).
-            output.grad_fn.sink = _weak_hook(self, "_fused_backward", rec)
+            output.grad_fn.sink = _WeakHook(self, "_fused_backward", rec)
             return
         for slot, j in enumerate(index):
             outs[j].register_hook(functools.partial(self._grad_hook, rec, slot))
@@ -643,13 +641,10 @@ class PerExampleNorms:
             self._check_batch(rec)
         try:
             sq, gw, gb = conv_norms_and_grads(geom, x, g, ctx, bias)
-            prev = self._layer.get(unit.key)
-            self._layer[unit.key] = sq if prev is None else prev + sq
+            self._add_layer_norms(unit, sq)
             self._seen_params.update(unit.param_ids)
         finally:
-            rec.done = True
-            rec.pending = 0
-            rec.args, rec.kwargs, rec.grads = (), {}, []
+            self._release(rec)
         return gw, gb
 
     def _eval_grad_hook(self, grad: Tensor) -> None:
@@ -706,13 +701,20 @@ class PerExampleNorms:
                     prev = self._acc.get(id(p))
                     self._acc[id(p)] = (label, g if prev is None else prev[1] + g)
             else:
-                sq = self._rule_norms(rec) if self._rule_applies(rec) else self._fallback_norms(rec)
-                prev = self._layer.get(unit.key)
-                self._layer[unit.key] = sq if prev is None else prev + sq
+                self._add_layer_norms(unit, self._rule_norms(rec) if self._rule_applies(rec) else self._fallback_norms(rec))
             self._seen_params.update(unit.param_ids)
         finally:
-            rec.done = True
-            rec.args, rec.kwargs, rec.grads = (), {}, []
+            self._release(rec)
+
+    def _add_layer_norms(self, unit: _Unit, sq: Tensor) -> None:
+        prev = self._layer.get(unit.key)
+        self._layer[unit.key] = sq if prev is None else prev + sq
+
+    @staticmethod
+    def _release(rec: _Record) -> None:
+        rec.done = True
+        rec.pending = 0
+        rec.args, rec.kwargs, rec.grads = (), {}, []
 
     def _rule_applies(self, rec: _Record) -> bool:
         return (
