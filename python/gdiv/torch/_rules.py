@@ -69,6 +69,7 @@ temporary; per block on long rows, see ``row_sq_norms``), then square the norm.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
 
@@ -481,12 +482,13 @@ def _conv_grads_grouped(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, pa
 
 
 def _conv_grads_grouped_bias(
-    layer, x: Tensor, g: Tensor, padding: Sequence[int], bias: bool
+    layer, x: Tensor, g: Tensor, padding: Sequence[int], bias: bool, weight_shape: Optional[Tuple[int, ...]] = None
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`_conv_grads_grouped` as (B·C_out, C_in/groups, k_1..k_n), and with
     ``bias`` the per-example bias gradients (B·C_out,) from the same call."""
     b, c_out = g.shape[0], g.shape[1]
-    weight = _shape_only((b * c_out,) + _weight_shape(layer)[1:], g, x)  # only its shape is read
+    weight_shape = weight_shape or _weight_shape(layer)
+    weight = _shape_only((b * c_out,) + weight_shape[1:], g, x)  # only its shape is read
     _, gw, gb = torch.ops.aten.convolution_backward(
         g.reshape((1, b * c_out) + tuple(g.shape[2:])),
         x.reshape((1, b * x.shape[1]) + tuple(x.shape[2:])),
@@ -559,24 +561,103 @@ def conv_method(layer: nn.modules.conv._ConvNd, g: Tensor, ctx: RuleContext) -> 
     return "gram" if t * (d_in + d_out) <= d_in * d_out else "materialize"
 
 
-def _conv_budget(x: Tensor, g: Tensor, per_example: int, ctx: RuleContext) -> int:
+def _conv_budget(x_numel: int, g_numel: int, per_example: int, itemsize: int, workspace_bytes: int) -> int:
     """Bytes of temporaries per chunk for the materializing conv paths: no
     more than the larger of the layer's input and its output gradient ``g``
     (so that they do not raise the step's peak memory: the backward has freed
     at least one tensor of g's size, the activation the next layer saved, and
     allocates one of the input's size, the input gradient, right after), at
-    least _MIN_CONV_CHUNK examples' worth, at most ctx.workspace_bytes."""
-    return min(ctx.workspace_bytes, max(x.numel(), g.numel(), _MIN_CONV_CHUNK * per_example) * g.element_size())
+    least _MIN_CONV_CHUNK examples' worth, at most ``workspace_bytes``."""
+    return min(workspace_bytes, max(x_numel, g_numel, _MIN_CONV_CHUNK * per_example) * itemsize)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvPlan:
+    """What :func:`conv_per_example` does for one call, worked out once per
+    (geometry, shapes, dtype, budget) by :func:`_conv_plan` (cached: a
+    training loop repeats the same few calls, and this bookkeeping costs as
+    much as a small layer's kernels)."""
+
+    unfold: bool  # im2col + bmm, else one grouped convolution backward
+    chunks: Tuple[Tuple[int, int], ...]  # (start, stop) over the batch
+    weight_shape: Tuple[int, ...]
+    pad: Optional[Tuple[int, ...]]  # F.pad's argument, None: no F.pad
+    pad_mode: str
+    padding: Tuple[int, ...]  # zero padding the grouped convolution still applies
+    # im2col (unfold):
+    k_in: int = 0  # C_in/groups · Πk: the weight rows per group (then the bias row)
+    rows: int = 0  # k_in (+ 1 with a bias)
+    positions: int = 0  # output positions L
+    split: Tuple[int, ...] = ()  # (n, groups, C_in/groups, k..., L...) with n = -1
+    kernel: Tuple[int, ...] = ()  # kernel_size
+    out: Tuple[int, ...] = ()  # output extents L_1..L_d
+    kernel_step: Tuple[int, ...] = ()  # dilation: input-stride multipliers of the kernel dims
+    out_step: Tuple[int, ...] = ()  # stride: input-stride multipliers of the output dims
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_plan(
+    layer: ConvGeometry,
+    x_shape: Tuple[int, ...],
+    g_shape: Tuple[int, ...],
+    itemsize: int,
+    bias: bool,
+    workspace_bytes: int,
+) -> _ConvPlan:
+    b, c_out, groups = x_shape[0], layer.out_channels, layer.groups
+    spatial = tuple(g_shape[2:])
+    positions = math.prod(spatial)
+    weight_shape = _weight_shape(layer)
+    unfold = _uses_unfold(layer)
+    pads = conv_padding(layer)
+    padding: Tuple[int, ...] = (0,) * len(pads)
+    pad: Optional[Tuple[int, ...]] = None
+    if any(p for pair in pads for p in pair):
+        if not unfold and layer.padding_mode == "zeros" and all(left == right for left, right in pads):
+            padding = tuple(left for left, _ in pads)  # the grouped convolution pads without a copy
+        else:
+            pad = tuple(p for pair in reversed(pads) for p in pair)  # F.pad: last dim first
+    x_numel, g_numel = math.prod(x_shape), math.prod(g_shape)
+    if unfold:
+        k_in = weight_shape[1] * math.prod(layer.kernel_size)
+        rows = k_in + bias
+        per_example = groups * rows * (positions + c_out // groups)
+    else:
+        per_example = math.prod(weight_shape) + c_out
+    step = _chunks(b, per_example, itemsize, _conv_budget(x_numel, g_numel, per_example, itemsize, workspace_bytes))
+    plan = _ConvPlan(
+        unfold=unfold,
+        chunks=tuple((sl.start, sl.stop) for sl in step),
+        weight_shape=weight_shape,
+        pad=pad,
+        pad_mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode,
+        padding=padding,
+    )
+    if unfold:
+        plan = dataclasses.replace(
+            plan,
+            k_in=k_in,
+            rows=rows,
+            positions=positions,
+            split=(-1, groups, weight_shape[1]) + tuple(layer.kernel_size) + spatial,
+            kernel=tuple(layer.kernel_size),
+            out=spatial,
+            kernel_step=tuple(layer.dilation),
+            out_step=tuple(layer.stride),
+        )
+    return plan
 
 
 def conv_per_example(
-    layer, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool, sums: bool
+    layer, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool, sums: bool, total: bool = False
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Materialize a convolution's per-example weight gradients (and with
     ``bias`` its per-example bias gradients) in chunks of the batch under
     :func:`_conv_budget`, and return
 
-        ‖∇W_i‖² (B,), ‖∇b_i‖² (B,) or None   in g's dtype,
+        ‖∇W_i‖² (B,), ‖∇b_i‖² (B,) or None   in g's dtype; with ``total``,
+                                             ‖∇W_i‖² + ‖∇b_i‖² (B,) float64
+                                             and None,
         Σ_i ∇W_i (the weight's layout), Σ_i ∇b_i or None   with ``sums``
                                              (the batch gradients), else None.
 
@@ -588,65 +669,72 @@ def conv_per_example(
     input, plus a row of ones for the bias) and one batched matrix product
     with g; the others: one grouped convolution backward with the batch
     folded into the channels (its bias output gives the bias gradients)."""
+    layer = conv_geometry(layer)
     b, c_out, groups = x.shape[0], layer.out_channels, layer.groups
-    spatial = tuple(g.shape[2:])
-    positions = math.prod(spatial)
-    weight_shape = _weight_shape(layer)
-    unfold = _uses_unfold(layer)
-    xp, padding = _pad_input(x, layer, keep_symmetric_zeros=not unfold)
-    if unfold:
-        k_in = weight_shape[1] * math.prod(layer.kernel_size)  # C_in/groups · K
-        rows = k_in + bias
-        per_example = groups * rows * (positions + c_out // groups)
-    else:
-        per_example = math.prod(weight_shape) + c_out
-    chunks = _chunks(b, per_example, g.element_size(), _conv_budget(x, g, per_example, ctx))
-    sq_w = g.new_empty(b) if len(chunks) > 1 else None
-    sq_b = g.new_empty(b) if len(chunks) > 1 and bias else None
+    plan = _conv_plan(layer, tuple(x.shape), tuple(g.shape), g.element_size(), bias, ctx.workspace_bytes)
+    xp = x if plan.pad is None else F.pad(x, plan.pad, mode=plan.pad_mode)
+    whole = len(plan.chunks) == 1
+    sq_w = None if whole else g.new_empty(b, dtype=torch.float64 if total else None)
+    sq_b = None if whole or total or not bias else g.new_empty(b)
     w_sum: Optional[Tensor] = None
     b_sum: Optional[Tensor] = None
-    for sl in chunks:
-        n = sl.stop - sl.start
-        xs, gs = (xp, g) if n == b else (xp[sl], g[sl])
-        if unfold:
+    k_in, rows = plan.k_in, plan.rows
+    if plan.unfold:
+        st = xp.stride()
+        nd = len(plan.kernel)
+        view_stride = (
+            (st[0], st[1])
+            + tuple(st[2 + i] * plan.kernel_step[i] for i in range(nd))
+            + tuple(st[2 + i] * plan.out_step[i] for i in range(nd))
+        )
+    for start, stop in plan.chunks:
+        n = stop - start
+        xs, gs = (xp, g) if whole else (xp[start:stop], g[start:stop])
+        if plan.unfold:
             # columns (n·groups, C_in/groups·K [+ a row of ones], L), one copy
             # of the strided im2col view, then one batched product with g
-            view = _unfold_view(xs, layer)  # (n, C_in, k_1..k_d, L_1..L_d)
-            cols = g.new_empty(n * groups, rows, positions)
-            split = (n, groups, weight_shape[1]) + tuple(layer.kernel_size) + spatial
+            view = xs.as_strided((n, xs.shape[1]) + plan.kernel + plan.out, view_stride, xs.storage_offset())
+            cols = g.new_empty(n * groups, rows, plan.positions)
+            split = (n,) + plan.split[1:]
             cols[:, :k_in].view(split).copy_(view.view(split))
             if bias:
                 cols[:, k_in].fill_(1.0)
-            w = torch.bmm(cols, gs.reshape(n * groups, c_out // groups, positions).transpose(1, 2))
+            w = torch.bmm(cols, gs.reshape(n * groups, c_out // groups, plan.positions).transpose(1, 2))
             w = w.view(n, groups, rows, c_out // groups)  # per example: weight rows, then the bias row
-            part_w = row_sq_norms((w[:, :, :k_in] if bias else w).reshape(n, -1))
-            part_b = row_sq_norms(w[:, :, k_in].reshape(n, -1)) if bias else None
+            if total:  # weight and bias rows in one norm
+                part_w, part_b = row_sq_norms(w.view(n, -1), torch.float64), None
+            else:
+                part_w = row_sq_norms((w[:, :, :k_in] if bias else w).reshape(n, -1))
+                part_b = row_sq_norms(w[:, :, k_in].reshape(n, -1)) if bias else None
             if sums:
                 s = w.sum(0)  # (groups, rows, C_out/groups)
                 w_sum = s if w_sum is None else w_sum.add_(s)
         else:
-            gw, gb = _conv_grads_grouped_bias(layer, xs, gs, padding, bias)
-            part_w = row_sq_norms(gw.reshape(n, -1))
+            gw, gb = _conv_grads_grouped_bias(layer, xs, gs, plan.padding, bias, plan.weight_shape)
+            part_w = row_sq_norms(gw.view(n, -1), torch.float64 if total else None)
             part_b = None
             if gb is not None:
-                gb = gb.reshape(n, c_out)
-                part_b = row_sq_norms(gb)
+                gb = gb.view(n, c_out)
+                if total:
+                    part_w.add_(row_sq_norms(gb, torch.float64))
+                else:
+                    part_b = row_sq_norms(gb)
                 if sums:
                     s_b = gb.sum(0)
                     b_sum = s_b if b_sum is None else b_sum.add_(s_b)
             if sums:
-                s = gw.reshape((n,) + weight_shape).sum(0)
+                s = gw.view((n,) + plan.weight_shape).sum(0)
                 w_sum = s if w_sum is None else w_sum.add_(s)
-        if n == b:
+        if whole:
             sq_w, sq_b = part_w, part_b
         else:
-            sq_w[sl] = part_w
+            sq_w[start:stop] = part_w
             if part_b is not None:
-                sq_b[sl] = part_b
-    if sums and unfold:
+                sq_b[start:stop] = part_b
+    if sums and plan.unfold:
         if bias:
             b_sum = w_sum[:, k_in].reshape(c_out).clone()  # not a view that keeps w_sum alive in .grad
-        w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(weight_shape)
+        w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(plan.weight_shape)
     return sq_w, sq_b, w_sum, b_sum
 
 
@@ -659,10 +747,7 @@ def conv_norms_and_grads(
     the weight and bias (or None) as the sums of the per-example gradients
     those norms are taken of — the layer's own weight gradient need not be
     computed as well. See :func:`conv_per_example`."""
-    sq_w, sq_b, w_sum, b_sum = conv_per_example(geom, x, g, ctx, bias, sums=True)
-    sq = sq_w.to(torch.float64)
-    if sq_b is not None:
-        sq = sq.add_(sq_b.to(torch.float64))
+    sq, _, w_sum, b_sum = conv_per_example(geom, x, g, ctx, bias, sums=True, total=True)
     return sq, w_sum, b_sum
 
 
