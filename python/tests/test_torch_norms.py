@@ -158,6 +158,20 @@ class UseHeads(nn.Module):
         return a + b if self.use_second else a
 
 
+class SplitHeads(nn.Module):
+    """Tuple output whose two tensors come from one autograd node (chunk):
+    the norms' hooks on that node each take their own output's gradient."""
+
+    def __init__(self, d: int, use_second: bool) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, 6))
+        self.use_second = use_second
+
+    def forward(self, x):
+        a, b = (x @ self.w).chunk(2, dim=1)
+        return torch.tanh(a) * b if self.use_second else a
+
+
 class Attn(nn.Module):
     def __init__(self, d: int) -> None:
         super().__init__()
@@ -352,6 +366,8 @@ CASES = [
     ),
     pytest.param(Case(lambda: UseHeads(4, True), rn(5, 4), units={"heads": "fallback"}), id="fallback-tuple-output"),
     pytest.param(Case(lambda: UseHeads(4, False), rn(5, 4)), id="fallback-tuple-output-one-unused"),
+    pytest.param(Case(lambda: nn.Sequential(SplitHeads(4, True)), rn(5, 4), units={"0": "fallback"}), id="fallback-split-output"),
+    pytest.param(Case(lambda: nn.Sequential(SplitHeads(4, False)), rn(5, 4)), id="fallback-split-output-one-unused"),
     pytest.param(Case(lambda: Attn(4), rn(3, 5, 4), units={"mha": "fallback", "fc": "rule"}), id="fallback-multihead-attention"),
     pytest.param(
         Case(lambda: nn.Sequential(nn.Linear(4, 5), Scale(5)), rn(6, 3, 4), batch_dim=1), id="fallback-batch_dim1"
@@ -873,6 +889,73 @@ def test_parameter_used_outside_forward_refused() -> None:
         model(torch.randn(4, 3)).sum().backward()
         with pytest.raises(CaptureError, match=r"fc\.bias, fc\.weight"):
             pen.sq_norms()
+
+
+@pytest.mark.parametrize("fuse_conv", [True, False])
+def test_user_tensor_hook_on_an_output_is_seen_by_every_rule(fuse_conv: bool) -> None:
+    """A tensor hook the user puts on layer outputs (from a forward hook
+    registered after attaching) rescales the gradients the layers' backward
+    uses; the norms are those of that gradient, as a per-example loop of the
+    same hooked model computes them (Linear, conv and fallback units)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), Scale(5)
+    ).double()
+    x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    pen = PerExampleNorms(model, loss_reduction="sum", fuse_conv=fuse_conv)
+
+    def rescaling(c: float):
+        def forward_hook(mod, args, out) -> None:
+            out.register_hook(lambda g: c * g)
+
+        return forward_hook
+
+    for k, m in enumerate((model[0], model[3], model[5])):
+        m.register_forward_hook(rescaling(2.0 + k))
+    smooth_loss(model(x)).sum().backward()
+    got = pen.sq_norms()
+    pen.remove()
+    want = loop_sq_norms(model, x, None, smooth_loss)
+    assert_norms(got, want, torch.float64)
+    # the hooks matter: without them the norms differ
+    plain = nn.Sequential(*[copy_module(m) for m in model])
+    assert not torch.allclose(loop_sq_norms(plain, x, None, smooth_loss), want)
+
+
+def test_user_pre_hook_changing_the_input_applies_once_in_the_fallback() -> None:
+    """A forward pre-hook that changes a fallback unit's input: the unit's
+    inputs are captured after it, and the torch.func fallback runs the
+    unit's pre-hooks for their side effects only, so it is applied once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), Scale(5)).double()
+    model[1].register_forward_pre_hook(lambda mod, args: (args[0] * 3.0 + 1.0,))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with PerExampleNorms(model, loss_reduction="sum") as pen:
+        assert pen.units == {"0": "rule", "1": "fallback"}
+        smooth_loss(model(x)).sum().backward()
+        got = pen.sq_norms()
+    assert_norms(got, loop_sq_norms(model, x, None, smooth_loss), torch.float64)
+
+
+def copy_module(m: nn.Module) -> nn.Module:
+    import copy
+
+    c = copy.deepcopy(m)
+    c._forward_hooks.clear()
+    return c
+
+
+def test_a_parameter_put_in_an_empty_slot_after_attach_is_refused() -> None:
+    """bias=None at attach, a trainable bias registered afterwards: refused
+    (the hooks' rule would skip it)."""
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    pen = PerExampleNorms(model)
+    model[0].bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    smooth_loss(model(x)).mean().backward()
+    with pytest.raises(CaptureError, match=r"now trainable: \['0.bias'\]"):
+        pen.sq_norms()
+    pen.remove()
 
 
 def test_bad_arguments() -> None:

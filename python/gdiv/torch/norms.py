@@ -19,11 +19,12 @@ calling ``out_proj``) is handled as a whole, with the fallback. Modules with
 only frozen parameters are skipped.
 
 For each unit call in train mode, a forward hook keeps the inputs (detached)
-and puts a tensor hook on each output that requires grad; when the output
-gradients arrive during backward, the rule turns (inputs, output gradient)
-into per-example squared norms and the inputs are released. Tensor hooks on
-outputs (rather than ``register_full_backward_hook``) keep working when a
-later in-place op (``ReLU(inplace=True)``) modifies the output.
+and puts a pre-hook on the autograd node of each output that requires grad
+(a tensor hook for an output without one); when the output gradients arrive
+during backward, the rule turns (inputs, output gradient) into per-example
+squared norms and the inputs are released. Hooks on the outputs' nodes
+(rather than ``register_full_backward_hook``) keep working when a later
+in-place op (``ReLU(inplace=True)``) modifies the output.
 
 Fused convolutions (``fuse_conv=True``, the default): a convolution's norms
 need its per-example weight gradients, as many flops as the layer's own
@@ -100,9 +101,9 @@ forward hook registered earlier that replaces a layer's output does not
 change what is normed (the gradient of the layer's own output), but one
 registered later with ``prepend=True`` runs before it and does. A tensor hook
 the user puts on a layer's output that rescales the gradient is seen by
-fused convolutions (whose backward receives the final gradient) but not by
-the other rules, whose tensor hook runs first: the norms are then those of
-the unscaled gradient. Layers whose weight is computed from other parameters
+every rule (tensor hooks run before node pre-hooks; fused convolutions
+receive the final gradient): the norms are those of the gradient the layer's
+backward uses. Layers whose weight is computed from other parameters
 in a pre-hook (``torch.nn.utils.prune``, the old ``weight_norm``) get the
 torch.func fallback (their rule would norm the computed weight's gradient). A train-mode forward with
 gradients enabled that is never backpropagated still counts as a call: the
@@ -285,6 +286,64 @@ class _WeakHook:
         return _inert_hook()
 
 
+class _ParamGradHook(_WeakHook):
+    """Post-accumulate-grad hook of a trainable parameter: records that it
+    received a gradient in this capture (``_WeakHook`` semantics, one call
+    less)."""
+
+    __slots__ = ()
+
+    def __init__(self, owner: Any) -> None:
+        super().__init__(owner, "_param_hook")
+
+    def __call__(self, p: Tensor) -> None:
+        o = self.ref()
+        if o is not None and not _suspended():
+            o._grad_params.add(id(p))
+
+
+class _OwnForward(nn.Module):
+    """Runs ``m`` on inputs captured by a forward hook: its forward pre-hooks
+    for their side effects (pruning and weight_norm compute the weight
+    there) but not their return values (the captured inputs already are what
+    they returned), then ``m.forward``, without ``m``'s forward hooks (the
+    captured gradient is that of the forward's own output). Hooks of its
+    submodules run as usual."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        m = self.m
+        with_kwargs = m._forward_pre_hooks_with_kwargs
+        for hook_id, hook in list(m._forward_pre_hooks.items()):
+            if hook_id in with_kwargs:
+                hook(m, args, kwargs)
+            else:
+                hook(m, args)
+        return m.forward(*args, **kwargs)
+
+
+class _OutputGradHook:
+    """Node pre-hook handing output ``nr``'s gradient to
+    ``owner._grad_hook(rec, slot, grad)``; holds the owner weakly."""
+
+    __slots__ = ("ref", "rec", "slot", "nr")
+
+    def __init__(self, owner: Any, rec: "_Record", slot: int, nr: int) -> None:
+        self.ref = weakref.ref(owner)
+        self.rec = rec
+        self.slot = slot
+        self.nr = nr
+
+    def __call__(self, grad_outputs: Tuple[Optional[Tensor], ...]) -> None:
+        owner = self.ref()
+        grad = grad_outputs[self.nr]
+        if owner is not None and grad is not None:
+            owner._grad_hook(self.rec, self.slot, grad)
+
+
 def _inert(*args: Any) -> None:
     return None
 
@@ -375,6 +434,8 @@ class PerExampleNorms:
         self._param_names: Dict[int, str] = {}
         self._trainable: frozenset = frozenset()
         self._param_slots: List[Tuple[str, Dict[str, Any], Tuple[Tuple[str, Any, bool], ...]]] = []
+        self._param_sizes: List[Tuple[Dict[str, Any], int]] = []
+        self._param_held: List[Tuple[Dict[str, Any], str, Any, bool]] = []
         self._attached = False
         self._generation = 0
         self._reset_capture()
@@ -434,7 +495,7 @@ class PerExampleNorms:
                 handles.append(m.register_forward_pre_hook(_WeakHook(self, "_batch_norm_check", name)))
         if hasattr(Tensor, "register_post_accumulate_grad_hook"):
             for _, p in trainable_parameters(self._model):
-                handles.append(p.register_post_accumulate_grad_hook(_WeakHook(self, "_param_hook")))
+                handles.append(p.register_post_accumulate_grad_hook(_ParamGradHook(self)))
         if self.fuse_conv and self.batch_dim == 0:
             for u in units:
                 if u.rule is _conv_rule and not (u.tied or u.subtree):
@@ -449,6 +510,12 @@ class PerExampleNorms:
         self._param_slots = [
             (name, m._parameters, tuple((k, v, v is not None and v.requires_grad) for k, v in m._parameters.items()))
             for name, m in self._model.named_modules()
+        ]
+        # The same, flat, for the per-capture check: every parameter dict's
+        # size, and every parameter's (dict, name, tensor, trainable).
+        self._param_sizes = [(params, len(held)) for _, params, held in self._param_slots]
+        self._param_held = [
+            (params, k, v, trainable) for _, params, held in self._param_slots for k, v, trainable in held
         ]
         self._attached = True
         self._generation += 1
@@ -597,7 +664,15 @@ class PerExampleNorms:
             output.grad_fn.sink = _WeakHook(self, "_fused_backward", rec)
             return
         for slot, j in enumerate(index):
-            outs[j].register_hook(functools.partial(self._grad_hook, rec, slot))
+            out = outs[j]
+            node = out.grad_fn
+            if node is None:  # a leaf that requires grad
+                out.register_hook(functools.partial(self._grad_hook, rec, slot))
+            else:
+                # A pre-hook on the node that made the output: called with the
+                # gradient the node receives (after the output's own tensor
+                # hooks), and much cheaper to register than a tensor hook.
+                node.register_prehook(_OutputGradHook(self, rec, slot, out.output_nr))
 
     def _fusing(self) -> bool:
         """Whether a fused convolution's forward should run the fused Function
@@ -821,7 +896,11 @@ class PerExampleNorms:
             for k, x in zip(positions, xs):
                 full[k] = x
             args, kwargs = pytree.tree_unflatten(full, spec)
-            out = torch.func.functional_call(module, {**constants, **params}, tuple(args), kwargs)
+            # The unit's own computation (see _OwnForward): its forward hooks
+            # ran in the real forward already, after the output whose
+            # gradient was captured.
+            state = {"m." + k: v for k, v in {**constants, **params}.items()}
+            out = torch.func.functional_call(_OwnForward(module), state, tuple(args), kwargs)
             outs, _ = pytree.tree_flatten(out)
             total = None
             for j, g in zip(out_pos, gs):
@@ -911,17 +990,19 @@ class PerExampleNorms:
             raise CaptureError("gdiv.torch: no gradient reached a hooked module in the last backward pass")
         scale = float(batch) ** 2 if self.loss_reduction == "mean" else 1.0
         values = list(layer.values())
-        total = torch.stack(values).sum(0) if len(values) > 1 else values[0].clone()
-        if scale != 1.0:
-            total.mul_(scale)
+        total = torch.stack(values).sum(0) if len(values) > 1 else values[0]
         self._acc = {}
-        self._result = (total, layer, scale)  # the layers are scaled when asked for
+        self._result = (total, layer, scale)  # unscaled: scaled when asked for (a new tensor)
         return self._result
 
     def _param_changes(self) -> List[str]:
         """Qualified names of the trainable parameters (then or now) that were
         added, removed, replaced, frozen or thawed in the modules' parameter
         dicts since attach; [] when none (the common case, checked cheaply)."""
+        if all(len(params) == n for params, n in self._param_sizes) and all(
+            params.get(k) is v and (v is None or v.requires_grad == trainable) for params, k, v, trainable in self._param_held
+        ):
+            return []
         changed: List[str] = []
         for mod, params, held in self._param_slots:
             if len(params) == len(held) and all(
@@ -950,7 +1031,8 @@ class PerExampleNorms:
                 module's forward, or ``requires_grad`` changed since attach.
             UnsupportedModuleError: a deferred fallback computation failed.
         """
-        return self._finalize()[0].clone()
+        total, _, scale = self._finalize()
+        return total * scale if scale != 1.0 else total.clone()
 
     def sq_norms_by_layer(self) -> Dict[str, Tensor]:
         """The per-unit breakdown of :meth:`sq_norms`: {qualified module name
