@@ -3,7 +3,7 @@
 A rule computes, for one layer call, the per-example squared norm of the
 gradient of each of the layer's trainable parameters, from the layer's input
 activations ``A`` (captured by a forward hook) and the gradient ``G`` of the
-summed loss with respect to the layer's output (captured by a tensor hook on
+summed loss with respect to the layer's output (captured by a hook on
 the output). Nothing of size ``B × P`` is ever formed, except where a rule
 says so (the "materialize" branch below, one layer at a time, in chunks).
 

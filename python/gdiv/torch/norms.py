@@ -148,7 +148,7 @@ _LOSS_REDUCTIONS = ("mean", "sum")
 # Forward hooks do nothing while this is > 0: set while the torch.func
 # fallback or per_example_grads re-runs modules (under vmap), so that hooks do
 # not capture batched-tensor wrappers. Thread-local: the fallback runs in the
-# autograd thread that calls the tensor hook.
+# autograd thread that calls the output hooks.
 _suspend = threading.local()
 
 
