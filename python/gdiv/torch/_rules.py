@@ -398,14 +398,21 @@ def _pad_input(x: Tensor, layer: nn.modules.conv._ConvNd, keep_symmetric_zeros: 
     zero) padding still to apply. With ``keep_symmetric_zeros``, symmetric
     zero padding is left to the caller (a convolution applies it without a
     copy); otherwise all padding is applied here with ``F.pad``."""
+    pad, mode, padding = _pad_args(layer, keep_symmetric_zeros)
+    return (x if pad is None else F.pad(x, pad, mode=mode)), list(padding)
+
+
+def _pad_args(layer, keep_symmetric_zeros: bool) -> Tuple[Optional[Tuple[int, ...]], str, Tuple[int, ...]]:
+    """How :func:`_pad_input` pads: (F.pad's ``pad`` argument or None for no
+    F.pad, its ``mode``, the symmetric zero padding left to the caller)."""
     pads = conv_padding(layer)
-    if not any(p for pair in pads for p in pair):
-        return x, [0] * len(pads)
-    if keep_symmetric_zeros and layer.padding_mode == "zeros" and all(left == right for left, right in pads):
-        return x, [left for left, _ in pads]
-    flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last dim first
     mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    return F.pad(x, flat, mode=mode), [0] * len(pads)
+    none = (0,) * len(pads)
+    if not any(p for pair in pads for p in pair):
+        return None, mode, none
+    if keep_symmetric_zeros and layer.padding_mode == "zeros" and all(left == right for left, right in pads):
+        return None, mode, tuple(left for left, _ in pads)
+    return tuple(p for pair in reversed(pads) for p in pair), mode, none  # F.pad: last dim first
 
 
 def _unfold_padded(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
@@ -589,10 +596,6 @@ class _ConvPlan:
     rows: int = 0  # k_in (+ 1 with a bias)
     positions: int = 0  # output positions L
     split: Tuple[int, ...] = ()  # (n, groups, C_in/groups, k..., L...) with n = -1
-    kernel: Tuple[int, ...] = ()  # kernel_size
-    out: Tuple[int, ...] = ()  # output extents L_1..L_d
-    kernel_step: Tuple[int, ...] = ()  # dilation: input-stride multipliers of the kernel dims
-    out_step: Tuple[int, ...] = ()  # stride: input-stride multipliers of the output dims
 
 
 @functools.lru_cache(maxsize=256)
@@ -609,14 +612,8 @@ def _conv_plan(
     positions = math.prod(spatial)
     weight_shape = _weight_shape(layer)
     unfold = _uses_unfold(layer)
-    pads = conv_padding(layer)
-    padding: Tuple[int, ...] = (0,) * len(pads)
-    pad: Optional[Tuple[int, ...]] = None
-    if any(p for pair in pads for p in pair):
-        if not unfold and layer.padding_mode == "zeros" and all(left == right for left, right in pads):
-            padding = tuple(left for left, _ in pads)  # the grouped convolution pads without a copy
-        else:
-            pad = tuple(p for pair in reversed(pads) for p in pair)  # F.pad: last dim first
+    # the grouped convolution applies symmetric zero padding itself (no copy)
+    pad, pad_mode, padding = _pad_args(layer, keep_symmetric_zeros=not unfold)
     x_numel, g_numel = math.prod(x_shape), math.prod(g_shape)
     if unfold:
         k_in = weight_shape[1] * math.prod(layer.kernel_size)
@@ -630,7 +627,7 @@ def _conv_plan(
         chunks=tuple((sl.start, sl.stop) for sl in step),
         weight_shape=weight_shape,
         pad=pad,
-        pad_mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode,
+        pad_mode=pad_mode,
         padding=padding,
     )
     if unfold:
@@ -640,10 +637,6 @@ def _conv_plan(
             rows=rows,
             positions=positions,
             split=(-1, groups, weight_shape[1]) + tuple(layer.kernel_size) + spatial,
-            kernel=tuple(layer.kernel_size),
-            out=spatial,
-            kernel_step=tuple(layer.dilation),
-            out_step=tuple(layer.stride),
         )
     return plan
 
@@ -679,21 +672,13 @@ def conv_per_example(
     w_sum: Optional[Tensor] = None
     b_sum: Optional[Tensor] = None
     k_in, rows = plan.k_in, plan.rows
-    if plan.unfold:
-        st = xp.stride()
-        nd = len(plan.kernel)
-        view_stride = (
-            (st[0], st[1])
-            + tuple(st[2 + i] * plan.kernel_step[i] for i in range(nd))
-            + tuple(st[2 + i] * plan.out_step[i] for i in range(nd))
-        )
     for start, stop in plan.chunks:
         n = stop - start
         xs, gs = (xp, g) if whole else (xp[start:stop], g[start:stop])
         if plan.unfold:
             # columns (n·groups, C_in/groups·K [+ a row of ones], L), one copy
             # of the strided im2col view, then one batched product with g
-            view = xs.as_strided((n, xs.shape[1]) + plan.kernel + plan.out, view_stride, xs.storage_offset())
+            view = _unfold_view(xs, layer)  # (n, C_in, k_1..k_d, L_1..L_d)
             cols = g.new_empty(n * groups, rows, plan.positions)
             split = (n,) + plan.split[1:]
             cols[:, :k_in].view(split).copy_(view.view(split))
