@@ -38,6 +38,26 @@ func nonFiniteAt[T float32 | float64](grads []T, d int, what string) error {
 	return nil
 }
 
+// FieldError is an error about one named setting or argument. Field is its
+// name in the project's vocabulary (snake_case, as the Python package spells
+// it: "min_batch", "estimator_beta"), so that callers in other languages
+// get the name as data rather than parsing the message; Err is the error
+// itself, wrapping a sentinel (usually ErrParam).
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// fieldErr returns a *FieldError for field wrapping an ErrParam error.
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: paramErr(format, args...)}
+}
+
 func paramErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrParam}, args...)...)
 }

@@ -111,28 +111,28 @@ func (p BatchSizePolicy) resolved() BatchSizePolicy {
 func (p BatchSizePolicy) Validate() error {
 	switch {
 	case !(p.Delta >= 0) || math.IsInf(p.Delta, 1):
-		return paramErr("batch-size policy delta = %v, want δ > 0 (0 means %v)", p.Delta, DefaultPolicyDelta)
+		return fieldErr("delta", "batch-size policy delta = %v, want δ > 0 (0 means %v)", p.Delta, DefaultPolicyDelta)
 	case p.MinBatch < 0:
-		return paramErr("batch-size policy min batch = %d, want ≥ 1 (0 means 1)", p.MinBatch)
+		return fieldErr("min_batch", "batch-size policy min batch = %d, want ≥ 1 (0 means 1)", p.MinBatch)
 	case p.MaxBatch < 0:
-		return paramErr("batch-size policy max batch = %d, want ≥ 1 (0 means no bound)", p.MaxBatch)
+		return fieldErr("max_batch", "batch-size policy max batch = %d, want ≥ 1 (0 means no bound)", p.MaxBatch)
 	case p.MultipleOf < 0:
-		return paramErr("batch-size policy multiple of = %d, want ≥ 1 (0 means 1)", p.MultipleOf)
+		return fieldErr("multiple_of", "batch-size policy multiple of = %d, want ≥ 1 (0 means 1)", p.MultipleOf)
 	case !(p.Hysteresis >= 0) || math.IsInf(p.Hysteresis, 1):
-		return paramErr("batch-size policy hysteresis = %v, want a finite h ≥ 0", p.Hysteresis)
+		return fieldErr("hysteresis", "batch-size policy hysteresis = %v, want a finite h ≥ 0", p.Hysteresis)
 	case math.IsNaN(p.MaxGrowth) || (p.MaxGrowth != 0 && p.MaxGrowth < 1):
-		return paramErr("batch-size policy max growth = %v, want ≥ 1 (0 means %v)", p.MaxGrowth, DefaultPolicyMaxGrowth)
+		return fieldErr("max_growth", "batch-size policy max growth = %v, want ≥ 1 (0 means %v)", p.MaxGrowth, DefaultPolicyMaxGrowth)
 	case p.Warmup < 0:
-		return paramErr("batch-size policy warmup = %d, want ≥ 0", p.Warmup)
+		return fieldErr("warmup", "batch-size policy warmup = %d, want ≥ 0", p.Warmup)
 	case !p.LR.valid():
-		return paramErr("batch-size policy LR rule %v, want none, linear or sqrt", p.LR)
+		return fieldErr("lr_rule", "batch-size policy LR rule %v, want none, linear or sqrt", p.LR)
 	}
 	r := p.resolved()
 	if r.MinBatch > r.MaxBatch {
-		return paramErr("batch-size policy min batch = %d > max batch = %d", r.MinBatch, r.MaxBatch)
+		return fieldErr("min_batch", "batch-size policy min batch = %d > max batch = %d", r.MinBatch, r.MaxBatch)
 	}
 	if roundUpMultiple(r.MinBatch, r.MultipleOf) > r.MaxBatch {
-		return paramErr("batch-size policy: no multiple of %d in [min batch, max batch] = [%d, %d]",
+		return fieldErr("multiple_of", "batch-size policy: no multiple of %d in [min batch, max batch] = [%d, %d]",
 			r.MultipleOf, r.MinBatch, r.MaxBatch)
 	}
 	return nil

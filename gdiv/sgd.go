@@ -263,11 +263,12 @@ func SGD(p Problem, w0 []float64, s SGDSettings) (SGDResult, error) {
 		panic("gdiv: SGD: nil Problem")
 	}
 	n, d := p.NumExamples(), p.NumParams()
-	pol, batch, err := checkSGD(n, d, w0, &s)
+	ctrl, err := checkSGD(n, d, w0, &s)
 	if err != nil {
 		return SGDResult{}, err
 	}
-	res := SGDResult{Policy: pol}
+	batch := ctrl.Batch()
+	res := SGDResult{Policy: ctrl.Policy()}
 	w := append([]float64(nil), w0...)
 	wNext := make([]float64, d)
 	res.W = w
@@ -287,21 +288,17 @@ func SGD(p Problem, w0 []float64, s SGDSettings) (SGDResult, error) {
 		mechRng: rand.New(rand.NewPCG(s.Seed, SGDMechanismStream)),
 		sum:     make([]float64, d),
 		row:     make([]float64, d),
-		est:     Estimator{Beta: s.EstimatorBeta},
+		ctrl:    ctrl,
 	}
 	if s.Sampling == Shuffle {
 		t.perm = make([]int, n)
 		t.pos = n // the first draw starts an epoch
 	}
 
-	batch0 := batch
 	loss := res.InitialLoss
 	examples := 0
 	for k := 1; ; k++ {
-		lr := s.LR
-		if pol != nil && s.Step == MeanStep {
-			lr = ScaleLR(pol.LR, s.LR, batch0, batch)
-		}
+		lr := ctrl.ScaleLR(s.LR, batch) // the policy's LR rule for MeanStep, s.LR otherwise
 		idx := t.sample(batch)
 		batchLoss, err := t.step(wNext, w, idx, lr, k)
 		if err != nil {
@@ -323,13 +320,13 @@ func SGD(p Problem, w0 []float64, s SGDSettings) (SGDResult, error) {
 		if s.RecordIndices {
 			res.Batches = append(res.Batches, append([]int(nil), idx...))
 		}
-		sm := t.est.Smoothed()
+		sm := ctrl.Smoothed()
 		res.Estimate = sm
 		rec := Record{
 			Step: k, Examples: examples, Batch: batch, LR: lr,
 			BatchLoss: batchLoss, Loss: loss, Evaluated: evaluated,
 			M2: sm.M2, G: sm.G, BatchBound: sm.BatchBound, Diversity: sm.BatchBound / float64(n),
-			NoSignal: sm.NoSignal, HasEstimate: t.est.Steps() > 0,
+			NoSignal: sm.NoSignal, HasEstimate: ctrl.EstimatorSteps() > 0,
 		}
 		res.History = append(res.History, rec)
 		if s.Progress != nil {
@@ -339,79 +336,66 @@ func SGD(p Problem, w0 []float64, s SGDSettings) (SGDResult, error) {
 			res.FinalLoss = loss
 			return res, nil
 		}
-		if pol != nil {
-			batch = pol.Next(batch, sm, k-1)
-		}
+		batch = ctrl.Batch() // the policy's decision (the same batch without a policy)
 	}
 }
 
-// checkSGD validates the settings and returns the adjusted policy (nil
-// without one) and the initial batch size.
-func checkSGD(n, d int, w0 []float64, s *SGDSettings) (*BatchSizePolicy, int, error) {
+// checkSGD validates the settings and returns the controller of the run:
+// the policy (adjusted by NewController: MinBatch ≥ 2, MaxBatch 0 → n), the
+// initial batch, the estimator and, for MeanStep, the policy's LR rule.
+func checkSGD(n, d int, w0 []float64, s *SGDSettings) (*Controller, error) {
 	switch {
 	case n <= 0:
-		return nil, 0, fmt.Errorf("%w: the problem has %d examples", ErrEmpty, n)
+		return nil, fmt.Errorf("%w: the problem has %d examples", ErrEmpty, n)
 	case d <= 0:
-		return nil, 0, fmt.Errorf("%w: the problem has %d parameters", ErrZeroDim, d)
+		return nil, fmt.Errorf("%w: the problem has %d parameters", ErrZeroDim, d)
 	case len(w0) != d:
-		return nil, 0, fmt.Errorf("%w: len(w0) = %d, but the problem has %d parameters", ErrShape, len(w0), d)
+		return nil, fmt.Errorf("%w: len(w0) = %d, but the problem has %d parameters", ErrShape, len(w0), d)
 	}
 	if err := nonFiniteAt(w0, d, "w0"); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	switch {
 	case !(s.LR > 0) || math.IsInf(s.LR, 1):
-		return nil, 0, paramErr("SGD learning rate = %v, want a finite lr > 0", s.LR)
+		return nil, paramErr("SGD learning rate = %v, want a finite lr > 0", s.LR)
 	case !s.Step.valid():
-		return nil, 0, paramErr("SGD step rule %v, want SumStep or MeanStep", s.Step)
+		return nil, paramErr("SGD step rule %v, want SumStep or MeanStep", s.Step)
 	case !s.Sampling.valid():
-		return nil, 0, paramErr("SGD sampling %v, want WithReplacement or Shuffle", s.Sampling)
+		return nil, paramErr("SGD sampling %v, want WithReplacement or Shuffle", s.Sampling)
 	case s.Steps < 0 || s.Examples < 0:
-		return nil, 0, paramErr("SGD steps = %d, examples = %d, want ≥ 0", s.Steps, s.Examples)
+		return nil, paramErr("SGD steps = %d, examples = %d, want ≥ 0", s.Steps, s.Examples)
 	case s.Steps == 0 && s.Examples == 0:
-		return nil, 0, paramErr("SGD has no stopping rule: set Steps or Examples")
+		return nil, paramErr("SGD has no stopping rule: set Steps or Examples")
 	case s.Batch < 0:
-		return nil, 0, paramErr("SGD batch = %d, want ≥ 1", s.Batch)
+		return nil, paramErr("SGD batch = %d, want ≥ 1", s.Batch)
 	case s.Policy == nil && s.Batch == 0:
-		return nil, 0, paramErr("SGD batch = 0: set Batch (≥ 1) or a Policy")
+		return nil, paramErr("SGD batch = 0: set Batch (≥ 1) or a Policy")
 	case !(s.Radius >= 0):
-		return nil, 0, paramErr("SGD radius = %v, want ≥ 0 (0 means no projection)", s.Radius)
+		return nil, paramErr("SGD radius = %v, want ≥ 0 (0 means no projection)", s.Radius)
 	case !(s.EstimatorBeta >= 0 && s.EstimatorBeta < 1):
-		return nil, 0, paramErr("SGD estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
+		return nil, paramErr("SGD estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
+	case s.Policy == nil && s.Sampling == Shuffle && s.Batch > n:
+		return nil, paramErr("SGD batch = %d exceeds the %d examples, which Shuffle sampling cannot draw without replacement", s.Batch, n)
 	}
 	if s.Mechanism != nil {
 		if err := s.Mechanism.Validate(); err != nil {
-			return nil, 0, fmt.Errorf("SGD mechanism %s: %w", s.Mechanism.Name(), err)
+			return nil, fmt.Errorf("SGD mechanism %s: %w", s.Mechanism.Name(), err)
 		}
 	}
-	if s.Policy == nil {
-		if s.Sampling == Shuffle && s.Batch > n {
-			return nil, 0, paramErr("SGD batch = %d exceeds the %d examples, which Shuffle sampling cannot draw without replacement", s.Batch, n)
-		}
-		return nil, s.Batch, nil
+	// SumStep ignores the policy's LR rule: the sum-step already keeps the
+	// per-example step fixed at every batch size.
+	lr := LRNone
+	if s.Policy != nil && s.Step == MeanStep {
+		lr = s.Policy.LR
 	}
-	if err := s.Policy.Validate(); err != nil {
-		return nil, 0, err
+	ctrl, err := NewController(ControllerSettings{
+		Policy: s.Policy, Batch: s.Batch, DatasetSize: n, Sampling: s.Sampling,
+		EstimatorBeta: s.EstimatorBeta, Step: s.Step, LR: lr, Seed: s.Seed,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("SGD: %w", err)
 	}
-	pol := s.Policy.resolved()
-	pol.MinBatch = max(pol.MinBatch, 2)
-	if s.Policy.MaxBatch == 0 {
-		pol.MaxBatch = max(n, pol.MinBatch)
-	}
-	if s.Sampling == Shuffle && pol.MaxBatch > n {
-		return nil, 0, paramErr("SGD policy max batch = %d exceeds the %d examples, which Shuffle sampling cannot draw without replacement", pol.MaxBatch, n)
-	}
-	if err := pol.Validate(); err != nil {
-		return nil, 0, fmt.Errorf("SGD policy (min batch raised to 2, max batch defaulting to n = %d): %w", n, err)
-	}
-	batch := s.Batch
-	if batch == 0 {
-		batch = roundUpMultiple(pol.MinBatch, pol.MultipleOf)
-	} else if batch < pol.MinBatch || batch > pol.MaxBatch || batch%pol.MultipleOf != 0 {
-		return nil, 0, paramErr("SGD initial batch = %d is not allowed by the policy: want a multiple of %d in [%d, %d]",
-			batch, pol.MultipleOf, pol.MinBatch, pol.MaxBatch)
-	}
-	return &pol, batch, nil
+	return ctrl, nil
 }
 
 // sgdTrainer holds the buffers and random state of one SGD run.
@@ -424,10 +408,10 @@ type sgdTrainer struct {
 	perm             []int // Shuffle: the current epoch's permutation
 	pos              int   // Shuffle: next position in perm
 
-	idx []int
-	row []float64 // one per-example gradient
-	sum []float64 // Σ of the batch's per-example gradients
-	est Estimator
+	idx  []int
+	row  []float64 // one per-example gradient
+	sum  []float64 // Σ of the batch's per-example gradients
+	ctrl *Controller
 }
 
 // sample returns the indices of the next batch of size b, in t.idx.
@@ -467,19 +451,13 @@ func (t *sgdTrainer) step(dst, w []float64, idx []int, lr float64, k int) (float
 	if err != nil {
 		return 0, fmt.Errorf("%w; the iterates may be diverging (lower the learning rate)", err)
 	}
-	if b >= 2 {
-		var e Estimate
-		if t.s.Sampling == Shuffle {
-			e, err = EstimateBatchFinite(b, t.n, sumSq, sqNorm(t.sum))
-		} else {
-			e, err = EstimateBatch(b, sumSq, sqNorm(t.sum))
-		}
-		if err == nil {
-			_, err = t.est.Update(e)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("%w (per-batch estimate at step %d)", err, k)
-		}
+	// The controller estimates (b ≥ 2), smooths and decides the next batch.
+	dec, err := t.ctrl.Observe(Observation{Batch: b, SumSqNorms: sumSq, SqNormBatchGrad: sqNorm(t.sum)})
+	if err == nil {
+		err = dec.Err
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w (per-batch estimate at step %d)", err, k)
 	}
 	if err := applyStep(dst, w, t.sum, stepScale(lr, t.s.Step, b), t.s.Radius); err != nil {
 		return 0, fmt.Errorf("%w at step %d; the iterates are diverging (lower the learning rate)", err, k)

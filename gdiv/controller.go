@@ -1,0 +1,475 @@
+package gdiv
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+)
+
+// Controller is the per-step decision logic of an adaptive-batch training
+// loop, in one place for every trainer: the Go reference trainer (SGD) and
+// each framework adapter (the PyTorch monitor, through the Python bridge)
+// feed it the sums of each measured batch and act on what it returns. It
+// owns
+//
+//   - the estimator state (a ratio of EMAs, Estimator) and the per-batch
+//     estimate (EstimateBatch, EstimateBatchFinite or EstimateTwoScale);
+//   - the policy, adjusted once for training (MinBatch ≥ 2, MaxBatch 0 →
+//     the data set size) and the decision counter behind its warm-up;
+//   - the initial batch B₀ and the LR rule's factor ScaleLR(rule, 1, B₀, B)
+//     for a mean-reduced loss;
+//   - the conversion of measured scalars to the batch sums (loss scales,
+//     the B² of a mean-reduced loss; BatchSumsFromScalars);
+//   - the Langevin correction of a trainer that adds the summed noise once
+//     to the batch gradient (Langevin.SumNoiseStd, ExpectedSumSqNorms);
+//   - the seed stream of mechanisms drawn outside Go's trainer (StepSeed).
+//
+// A Controller is a value plus a ControllerState: State and SetState make
+// a checkpoint, and a resumed run that observes the same batches makes the
+// same decisions bit for bit. It is not safe for concurrent use.
+type Controller struct {
+	set   ControllerSettings
+	pol   *BatchSizePolicy // adjusted; nil without a policy
+	lang  Langevin
+	est   Estimator
+	state ControllerState
+}
+
+// ControllerSettings configures a Controller. The zero value measures only
+// (no policy), with replacement, without smoothing.
+type ControllerSettings struct {
+	// Policy, when non-nil, decides the batch after each measured step. The
+	// controller applies an adjusted copy (Controller.Policy): MinBatch
+	// below 2 becomes 2 (the estimate needs two examples), and MaxBatch 0
+	// becomes DatasetSize when that is known. With Shuffle, MaxBatch must
+	// not exceed DatasetSize.
+	Policy *BatchSizePolicy
+	// Batch is the initial batch size. With a Policy, 0 means the smallest
+	// batch the policy allows, and any other value must be one it allows;
+	// without one, 0 means unknown until the first observation.
+	Batch int
+	// DatasetSize is n, the number of training examples (0: unknown).
+	// Needed by Shuffle; with it, Decision.Diversity = B̂_S/n.
+	DatasetSize int
+	// Sampling is WithReplacement (EstimateBatch) or Shuffle (without
+	// replacement: EstimateBatchFinite with population DatasetSize).
+	Sampling Sampling
+	// EstimatorBeta is the EMA decay in [0, 1) of the smoothed estimate.
+	EstimatorBeta float64
+	// Step is the loss normalization of the training loop: with MeanStep
+	// the learning rate follows LR (Decision.LRFactor); with SumStep the
+	// step already keeps the per-example step fixed, and the factor is 1.
+	Step StepRule
+	// LR is the learning-rate rule of a MeanStep loop (SGD passes
+	// Policy.LR). It must be LRNone with SumStep.
+	LR LRRule
+	// LangevinStd σ ≥ 0: the trainer adds Langevin noise N(0, σ²I) per
+	// example, summed over the batch and added once to the batch gradient
+	// (Decision.NoiseStd); the controller corrects Σ‖g_i‖² by its
+	// expectation. 0 means no such noise (a trainer that applies a
+	// mechanism to the per-example gradients itself passes 0).
+	LangevinStd float64
+	// Seed is the base seed of StepSeed.
+	Seed uint64
+}
+
+// ControllerState is the complete mutable state of a Controller, for
+// checkpoints.
+type ControllerState struct {
+	Estimator EstimatorState `json:"estimator"`
+	// Batch is the batch size to use next: the policy's latest decision
+	// (the initial batch before the first decision); without a policy, the
+	// last observed batch (the initial one before). 0 means unknown.
+	Batch int `json:"batch"`
+	// Steps counts observations (skipped ones included), Examples their
+	// batches, Decisions the policy's decisions.
+	Steps     int `json:"steps"`
+	Examples  int `json:"examples"`
+	Decisions int `json:"decisions"`
+	// FirstBatch is B₀ of the LR rule: the first observed batch (0 before).
+	FirstBatch int `json:"first_batch"`
+}
+
+// Observation is what a trainer measured in one step.
+//
+// Per-example mode (BSmall = 0): SumSqNorms is the sum of the measured
+// per-example squared norms and SqNormBatchGrad the squared norm of the
+// measured batch gradient. With Mean set they are the gradients of the
+// mean-reduced loss (1/B)Σℓ_i, so both are B² too small; NormsScale and
+// GradScale (0 means 1) are the loss scales by which the measured
+// per-example and batch gradients are too large (BatchSumsFromScalars).
+//
+// Two-scale mode (BSmall > 0, no per-example gradients; DESIGN, "two-scale
+// estimator"): SqNormSmall is the mean over the local batches of ‖ḡ_r‖²
+// (local mean gradients of BSmall examples) and SqNormBatchGrad ‖Ḡ‖² of the
+// global mean gradient over Batch examples, both unscaled means.
+//
+// With Langevin noise (ControllerSettings.LangevinStd > 0) the trainer
+// draws a unit Gaussian ξ (one value per coordinate, from StepSeed) before
+// the call, measures NoiseDot = ⟨g, ξ⟩ and NoiseSqNorm = ‖ξ‖² (g the
+// measured batch gradient, as SqNormBatchGrad) and, after the call, adds
+// Decision.NoiseStd·ξ to its batch gradient. Dim is the number of trained
+// parameters d (the correction adds B·d·σ² to Σ‖g_i‖²).
+type Observation struct {
+	Batch                       int
+	SumSqNorms, SqNormBatchGrad float64
+	Mean                        bool
+	NormsScale, GradScale       float64
+
+	BSmall      int
+	SqNormSmall float64
+
+	Dim                   int
+	NoiseDot, NoiseSqNorm float64
+}
+
+// Skip says why an observation was not estimated.
+type Skip int
+
+const (
+	// NotSkipped: the batch was estimated (and decided, with a policy).
+	NotSkipped Skip = iota
+	// SkipBatchOfOne: a batch of one example cannot separate signal from
+	// noise (Ĝ divides by b − 1).
+	SkipBatchOfOne
+	// SkipNonFinite: a measured sum is NaN or infinite (a NaN loss, or
+	// mixed-precision gradients that overflowed), or a batch sum
+	// overflowed; a loss scaler skips such a step too.
+	SkipNonFinite
+)
+
+var skipNames = [...]string{NotSkipped: "", SkipBatchOfOne: "batch of 1", SkipNonFinite: "non-finite"}
+
+// String returns "", "batch of 1" or "non-finite".
+func (s Skip) String() string {
+	if s < 0 || int(s) >= len(skipNames) {
+		return fmt.Sprintf("Skip(%d)", int(s))
+	}
+	return skipNames[s]
+}
+
+// Decision is a Controller's answer to one observation.
+type Decision struct {
+	Step  int // 1-based index of the observation
+	Batch int // the observed batch
+	// NextBatch is the batch size to use next (ControllerState.Batch).
+	NextBatch int
+	// LRFactor is ScaleLR(LR, 1, B₀, Batch) for MeanStep (1 for SumStep):
+	// multiply each initial learning rate by it for this step.
+	LRFactor float64
+	// NoiseStd is the standard deviation of the summed Langevin noise to
+	// add to the batch gradient (times the gradient's loss scale), 0
+	// without noise.
+	NoiseStd float64
+	// SumSqNorms and SqNormOfSum are the batch's Σ‖g_i‖² and ‖Σ g_i‖²
+	// (unscaled, with the noise; NaN when skipped or two-scale).
+	SumSqNorms, SqNormOfSum float64
+	// Batch is the per-batch estimate (the zero Estimate when skipped);
+	// Smoothed the smoothed estimate after the observation.
+	BatchEstimate, Smoothed Estimate
+	// Diversity is Smoothed.BatchBound/DatasetSize (NaN when unknown).
+	Diversity float64
+	Skipped   Skip
+	// Err is the error behind SkipNonFinite (wrapping ErrNonFinite or
+	// ErrOverflow), for a trainer that raises instead of skipping.
+	Err error
+}
+
+// The PCG stream of StepSeed.
+const controllerSeedStream uint64 = 0x47444956_53454544 // "GDIVSEED"
+
+// NewController returns a controller for the settings, or an error
+// wrapping ErrParam (a *FieldError naming the setting) for invalid ones.
+func NewController(s ControllerSettings) (*Controller, error) {
+	c := &Controller{set: s}
+	switch {
+	case !s.Step.valid():
+		return nil, fieldErr("step", "step rule %v, want sum or mean", s.Step)
+	case !s.LR.valid():
+		return nil, fieldErr("lr_rule", "learning-rate rule %v, want none, linear or sqrt", s.LR)
+	case s.Step == SumStep && s.LR != LRNone:
+		return nil, fieldErr("lr_rule", "learning-rate rule %v with a sum-reduced loss: the sum step w − lr·Σg_i already keeps the per-example step fixed at every batch size (the paper's step); use none", s.LR)
+	case !s.Sampling.valid():
+		return nil, fieldErr("sampling", "sampling %v, want replacement or shuffle", s.Sampling)
+	case s.DatasetSize < 0:
+		return nil, fieldErr("dataset_size", "dataset size = %d, want ≥ 1 (0 means unknown)", s.DatasetSize)
+	case s.Sampling == Shuffle && s.DatasetSize == 0:
+		return nil, fieldErr("sampling", "sampling without replacement (shuffle) needs the dataset size n")
+	case !(s.EstimatorBeta >= 0 && s.EstimatorBeta < 1):
+		return nil, fieldErr("estimator_beta", "estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
+	case s.Batch < 0:
+		return nil, fieldErr("batch_size", "batch size = %d, want ≥ 1", s.Batch)
+	}
+	c.lang = Langevin{Std: s.LangevinStd}
+	if err := c.lang.Validate(); err != nil {
+		return nil, &FieldError{Field: "langevin_std", Err: err}
+	}
+	c.est.Beta = s.EstimatorBeta
+	c.state.Estimator = c.est.State()
+	c.state.Batch = s.Batch
+	if s.Policy == nil {
+		return c, nil
+	}
+	if err := s.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	pol := s.Policy.resolved()
+	pol.MinBatch = max(pol.MinBatch, 2)
+	if s.Policy.MaxBatch == 0 && s.DatasetSize > 0 {
+		pol.MaxBatch = max(s.DatasetSize, pol.MinBatch)
+	}
+	if s.Sampling == Shuffle && pol.MaxBatch > s.DatasetSize {
+		return nil, fieldErr("max_batch", "policy max batch = %d exceeds the %d examples, which sampling without replacement cannot draw", pol.MaxBatch, s.DatasetSize)
+	}
+	if err := pol.Validate(); err != nil {
+		return nil, fmt.Errorf("policy (min batch raised to 2, max batch defaulting to the dataset size %d): %w", s.DatasetSize, err)
+	}
+	c.pol = &pol
+	switch {
+	case s.Batch == 0:
+		c.state.Batch = roundUpMultiple(pol.MinBatch, pol.MultipleOf)
+	case !pol.allows(s.Batch):
+		return nil, fieldErr("batch_size", "initial batch = %d is not allowed by the policy: want a multiple of %d in [%d, %d] (the nearest allowed is %d)",
+			s.Batch, pol.MultipleOf, pol.MinBatch, pol.MaxBatch, pol.legalize(float64(s.Batch), float64(pol.MinBatch), float64(pol.MaxBatch)))
+	}
+	return c, nil
+}
+
+// allows reports whether b is a legal batch of the resolved policy.
+func (p BatchSizePolicy) allows(b int) bool {
+	return b >= p.MinBatch && b <= p.MaxBatch && b%p.MultipleOf == 0
+}
+
+// Settings returns the settings the controller was built with.
+func (c *Controller) Settings() ControllerSettings { return c.set }
+
+// Policy returns a copy of the adjusted policy, or nil without one.
+func (c *Controller) Policy() *BatchSizePolicy {
+	if c.pol == nil {
+		return nil
+	}
+	p := *c.pol
+	return &p
+}
+
+// Batch returns the batch size to use next (0: unknown).
+func (c *Controller) Batch() int { return c.state.Batch }
+
+// Smoothed returns the current smoothed estimate.
+func (c *Controller) Smoothed() Estimate { return c.est.Smoothed() }
+
+// EstimatorSteps returns the number of estimates folded into the smoothed
+// one (observations that were not skipped).
+func (c *Controller) EstimatorSteps() int { return c.est.Steps() }
+
+// State returns a copy of the complete state.
+func (c *Controller) State() ControllerState {
+	s := c.state
+	s.Estimator = c.est.State()
+	return s
+}
+
+// SetState restores a state returned by State of a controller with the
+// same settings. It validates the whole state first and changes nothing on
+// error (an error wrapping ErrParam or ErrNonFinite naming the field).
+func (c *Controller) SetState(s ControllerState) error {
+	var e Estimator
+	if err := e.SetState(s.Estimator); err != nil {
+		return &FieldError{Field: "estimator", Err: err}
+	}
+	switch {
+	case s.Estimator.Beta != c.set.EstimatorBeta:
+		return fieldErr("estimator", "estimator beta = %v in the state, but the controller has %v", s.Estimator.Beta, c.set.EstimatorBeta)
+	case s.Steps < 0:
+		return fieldErr("steps", "steps = %d is negative", s.Steps)
+	case s.Examples < 0:
+		return fieldErr("examples", "examples = %d is negative", s.Examples)
+	case s.Decisions < 0 || s.Decisions > s.Steps:
+		return fieldErr("decisions", "decisions = %d, want 0 ≤ decisions ≤ steps = %d", s.Decisions, s.Steps)
+	case s.Estimator.Steps > s.Steps:
+		return fieldErr("estimator", "the estimator has %d updates but the controller only %d steps", s.Estimator.Steps, s.Steps)
+	case s.FirstBatch < 0 || (s.Steps > 0) != (s.FirstBatch > 0):
+		return fieldErr("first_batch", "first batch = %d after %d steps, want ≥ 1 once a step was observed (0 before)", s.FirstBatch, s.Steps)
+	case s.Batch < 0:
+		return fieldErr("batch", "batch = %d is negative", s.Batch)
+	case c.pol != nil && !c.pol.allows(s.Batch):
+		return fieldErr("batch", "batch = %d is not allowed by the policy (a multiple of %d in [%d, %d])", s.Batch, c.pol.MultipleOf, c.pol.MinBatch, c.pol.MaxBatch)
+	}
+	c.est = e
+	c.state = s
+	c.state.Estimator = e.State()
+	return nil
+}
+
+// LRFactor returns ScaleLR(LR, 1, B₀, batch) for a MeanStep loop (1 for
+// SumStep), B₀ the first observed batch (batch itself before the first
+// observation). It panics if batch < 1.
+func (c *Controller) LRFactor(batch int) float64 { return c.ScaleLR(1, batch) }
+
+// ScaleLR returns ScaleLR(LR, lr0, B₀, batch) for a MeanStep loop and lr0
+// for SumStep: the learning rate of a step with the given batch, lr0 the
+// rate at B₀. It panics if batch < 1.
+func (c *Controller) ScaleLR(lr0 float64, batch int) float64 {
+	if c.set.Step != MeanStep {
+		return lr0
+	}
+	b0 := c.state.FirstBatch
+	if b0 == 0 {
+		b0 = batch
+	}
+	return ScaleLR(c.set.LR, lr0, b0, batch)
+}
+
+// StepSeed returns the seed of the mechanism draws of step k (1-based): a
+// fixed function of (Seed, k) — the first output of
+// rand.NewPCG(Seed, k ⊕ stream) — so that a resumed run draws the same
+// noise. It panics if k < 1.
+func (c *Controller) StepSeed(k int) uint64 { return StepSeed(c.set.Seed, k) }
+
+// StepSeed is Controller.StepSeed for a base seed.
+func StepSeed(seed uint64, k int) uint64 {
+	if k < 1 {
+		panic(fmt.Sprintf("gdiv: StepSeed: step %d, want ≥ 1", k))
+	}
+	return rand.NewPCG(seed, uint64(k)^controllerSeedStream).Uint64()
+}
+
+// NoiseStd returns the standard deviation of the summed Langevin noise of
+// a batch (Langevin.SumNoiseStd for the loop's reduction), 0 without noise.
+// It panics if batch < 1.
+func (c *Controller) NoiseStd(batch int) float64 {
+	if c.lang.Std == 0 {
+		return 0
+	}
+	return c.lang.SumNoiseStd(batch, c.set.Step == MeanStep)
+}
+
+// Observe folds one measured step into the state and returns the decision.
+// A batch of one or a non-finite measurement is skipped (Decision.Skipped;
+// the estimator and the policy are unchanged, the step and example counters
+// advance). It returns an error wrapping ErrParam for an invalid
+// observation (a batch < 1, negative sums or scales, a two-scale pair with
+// BSmall ≥ Batch, a negative Dim), and leaves the state unchanged then.
+func (c *Controller) Observe(o Observation) (Decision, error) {
+	if err := c.checkObservation(o); err != nil {
+		return Decision{}, err
+	}
+	st := &c.state
+	b := o.Batch
+	if st.FirstBatch == 0 {
+		st.FirstBatch = b
+	}
+	d := Decision{
+		Step: st.Steps + 1, Batch: b,
+		LRFactor: c.LRFactor(b), NoiseStd: c.NoiseStd(b),
+		SumSqNorms: math.NaN(), SqNormOfSum: math.NaN(),
+	}
+	if d.NoiseStd != 0 && o.GradScale > 0 {
+		d.NoiseStd *= o.GradScale
+	}
+	st.Steps++
+	st.Examples += b
+
+	est, sumSq, sqSum, err := c.batchEstimate(o, d.NoiseStd)
+	switch {
+	case o.BSmall == 0 && b < 2:
+		d.Skipped = SkipBatchOfOne
+	case err != nil:
+		d.Skipped, d.Err = SkipNonFinite, err
+	default:
+		if _, err := c.est.Update(est); err != nil {
+			d.Skipped, d.Err = SkipNonFinite, err
+			break
+		}
+		d.BatchEstimate = est
+		d.SumSqNorms, d.SqNormOfSum = sumSq, sqSum
+	}
+	if d.Skipped == NotSkipped {
+		if c.pol != nil {
+			st.Batch = c.pol.Next(b, c.est.Smoothed(), st.Decisions)
+			st.Decisions++
+		}
+	}
+	if c.pol == nil {
+		st.Batch = b
+	}
+	d.NextBatch = st.Batch
+	d.Smoothed = c.est.Smoothed()
+	d.Diversity = math.NaN()
+	if c.set.DatasetSize > 0 {
+		d.Diversity = d.Smoothed.BatchBound / float64(c.set.DatasetSize)
+	}
+	return d, nil
+}
+
+func (c *Controller) checkObservation(o Observation) error {
+	switch {
+	case o.Batch < 1:
+		return fieldErr("batch", "batch of %d examples, want ≥ 1", o.Batch)
+	case o.SumSqNorms < 0 || o.SqNormBatchGrad < 0 || o.SqNormSmall < 0 || o.NoiseSqNorm < 0:
+		return fieldErr("sums", "negative sum of squares: sum_sq_norms = %v, batch gradient %v, small-batch %v, noise %v",
+			o.SumSqNorms, o.SqNormBatchGrad, o.SqNormSmall, o.NoiseSqNorm)
+	case o.NormsScale < 0 || o.GradScale < 0 || math.IsInf(o.NormsScale, 1) || math.IsInf(o.GradScale, 1) || math.IsNaN(o.NormsScale) || math.IsNaN(o.GradScale):
+		return fieldErr("loss_scale", "loss scales %v (norms), %v (batch gradient), want finite scales > 0 (0 means 1)", o.NormsScale, o.GradScale)
+	case o.BSmall < 0 || (o.BSmall > 0 && o.BSmall >= o.Batch):
+		return fieldErr("b_small", "two-scale batches b_small = %d, b_big = %d: want 1 ≤ b_small < b_big", o.BSmall, o.Batch)
+	case o.Dim < 0:
+		return fieldErr("dim", "dimension %d is negative", o.Dim)
+	case c.set.Sampling == Shuffle && o.Batch > c.set.DatasetSize:
+		return fieldErr("batch", "batch of %d distinct examples from a data set of %d: want b ≤ n", o.Batch, c.set.DatasetSize)
+	case c.lang.Std > 0 && o.Dim < 1:
+		return fieldErr("dim", "dimension %d: the Langevin correction needs the number of trained parameters (≥ 1)", o.Dim)
+	}
+	return nil
+}
+
+// batchEstimate converts the observation to the batch sums (with the
+// Langevin noise of standard deviation noiseStd) and the per-batch
+// estimate.
+func (c *Controller) batchEstimate(o Observation, noiseStd float64) (Estimate, float64, float64, error) {
+	b := o.Batch
+	if o.BSmall > 0 {
+		if !isFinite(o.SqNormSmall) || !isFinite(o.SqNormBatchGrad) {
+			return Estimate{}, 0, 0, fmt.Errorf("%w: two-scale squared norms %v (local), %v (global)", ErrNonFinite, o.SqNormSmall, o.SqNormBatchGrad)
+		}
+		e, err := EstimateTwoScale(o.BSmall, o.SqNormSmall, b, o.SqNormBatchGrad)
+		return e, math.NaN(), math.NaN(), err
+	}
+	ns, gs := o.NormsScale, o.GradScale
+	if ns == 0 {
+		ns = 1
+	}
+	if gs == 0 {
+		gs = 1
+	}
+	sqGrad := o.SqNormBatchGrad
+	if noiseStd != 0 {
+		// ‖g + sξ‖² from ⟨g, ξ⟩ and ‖ξ‖², in the measured (scaled) units.
+		sqGrad += noiseStd * (2*o.NoiseDot + noiseStd*o.NoiseSqNorm)
+		sqGrad = max(sqGrad, 0) // rounding of a cancelling sum
+	}
+	sumSq, sqSum, err := BatchSumsFromScalars(b, o.SumSqNorms, sqGrad, o.Mean, ns, gs)
+	if err != nil {
+		return Estimate{}, 0, 0, err
+	}
+	if o.Mean {
+		bf := float64(b)
+		sumSq *= bf * bf // the per-example norms of a mean loss are those of ℓ_i/B
+		if !isFinite(sumSq) {
+			return Estimate{}, 0, 0, fmt.Errorf("%w: Σ‖g_i‖² = %v·%d² overflows", ErrOverflow, o.SumSqNorms, b)
+		}
+	}
+	if c.lang.Std > 0 {
+		sumSq = c.lang.ExpectedSumSqNorms(sumSq, b, o.Dim)
+	}
+	var e Estimate
+	if b < 2 {
+		return e, sumSq, sqSum, nil
+	}
+	if c.set.Sampling == Shuffle {
+		e, err = EstimateBatchFinite(b, c.set.DatasetSize, sumSq, sqSum)
+	} else {
+		e, err = EstimateBatch(b, sumSq, sqSum)
+	}
+	return e, sumSq, sqSum, err
+}
