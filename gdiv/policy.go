@@ -244,8 +244,8 @@ func roundUpMultiple(b, m int) int {
 }
 
 // RoundUpMultiple returns the smallest multiple of m that is ≥ b (b ≥ 1,
-// m ≥ 1), saturating at the largest int: the rounding Next applies to keep
-// a batch divisible by the worker count.
+// m ≥ 1), saturating at the largest int. RoundUpMultiple(MinBatch,
+// MultipleOf) of a resolved policy is the smallest batch Next can return.
 func RoundUpMultiple(b, m int) int { return roundUpMultiple(b, m) }
 
 // LRRule says how a training loop with a MEAN-reduced loss rescales its
