@@ -90,7 +90,7 @@ __all__ = [
     "HISTORY_FIELDS",
 ]
 
-# Names in code order (pybridge's problem codes; gdiv.Activation, StepRule
+# Names in code order (pybridge's problem codes; train.Activation, StepRule
 # and Sampling values — pybridge's TestCodesAreCoreEnums checks them).
 PROBLEMS: Tuple[str, ...] = ("leastsquares", "logistic", "softmax", "mlp")
 _ACTIVATIONS = ("tanh", "relu")
