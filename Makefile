@@ -6,6 +6,10 @@ FUZZTIME ?= 3s
 BENCHTIME ?= 0.5s
 BIN      := bin/gdiv
 PKGS     := ./...
+# the Go core and its layers: formulas (gdiv), data I/O (gdiv/data), trainer (gdiv/train)
+CORE     := ./gdiv ./gdiv/data ./gdiv/train
+# packages whose code runs the kernels (gdiv's, and the trainer's sums through them)
+KERNEL_PKGS := ./gdiv ./gdiv/train
 
 .DEFAULT_GOAL := help
 .PHONY: help demo demo-go build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
@@ -41,19 +45,21 @@ unit: build
 	$(GO) test -count=1 $(PKGS)
 
 purego: ## the pure-Go kernels (no assembly), as on non-amd64 machines
-	$(GO) test -count=1 -tags purego ./gdiv
+	$(GO) test -count=1 -tags purego $(KERNEL_PKGS)
 
-fuzz-short: ## every fuzz target for FUZZTIME each (default 3s)
-	@for t in $$($(GO) test -list '^Fuzz' ./gdiv | grep '^Fuzz'); do \
-		echo "fuzz gdiv $$t ($(FUZZTIME))"; \
-		$(GO) test ./gdiv -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >/tmp/gdiv-fuzz.log 2>&1 || { cat /tmp/gdiv-fuzz.log; exit 1; }; \
+fuzz-short: ## every fuzz target of every core package for FUZZTIME each (default 3s)
+	@for p in $(CORE); do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+			echo "fuzz $$p $$t ($(FUZZTIME))"; \
+			$(GO) test $$p -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) >/tmp/gdiv-fuzz.log 2>&1 || { cat /tmp/gdiv-fuzz.log; exit 1; }; \
+		done; \
 	done
 
 fuzz: ## longer fuzzing: make fuzz FUZZTIME=5m
 	@$(MAKE) --no-print-directory fuzz-short FUZZTIME=$(FUZZTIME)
 
 bench: check-go ## benchmarks, printed as side-by-side tables
-	$(GO) test ./gdiv -run '^$$' -bench . -benchtime $(BENCHTIME) | $(GO) run ./bench/benchtable
+	$(GO) test $(CORE) -run '^$$' -bench . -benchtime $(BENCHTIME) | $(GO) run ./bench/benchtable
 
 clean: py-clean ## remove build outputs
 	rm -rf bin

@@ -5,8 +5,22 @@
 //	P. Bartlett. "Gradient Diversity: a Key Ingredient for Scalable
 //	Distributed Learning". AISTATS 2018.
 //
-// Equation numbers below are the paper's. Every formula of the project
-// lives in this package; the Python bridge and the CLI only call it.
+// Equation numbers below are the paper's. Every formula of the project —
+// statistics, estimators, batch-size policy, mechanisms, bounds — lives in
+// this package; the other packages call it and re-derive none of them:
+//
+//	gdiv/data    readers (CSV, .npy, Arrow IPC) and data sets
+//	gdiv/train   the problems (per-example losses, eq. 1), the reference
+//	             mini-batch SGD (eqs. 2–3), which takes its estimates from
+//	             EstimateBatch / Estimator and its batch sizes from
+//	             BatchSizePolicy, and synthetic data generators
+//	pybridge     the Python extension's boundary
+//	cmd/gdiv     the CLI
+//
+// Helpers exported for them: AccumulateRows and SqNorm (the kernels of the
+// statistics), NonFiniteAt and IsFinite (the error conventions below),
+// BatchSizePolicy.Resolved and RoundUpMultiple (the policy's defaults and
+// rounding).
 //
 // # Statistics (Section 4.1, Appendix B.1)
 //
@@ -77,35 +91,12 @@
 //
 // Both lower bounds hold for B̄_S(w, w') too (Appendix E.5).
 //
-// # Problems and data (Section 3, eq. 1)
+// # The batch-size policy (Lemma 1, Theorem 3)
 //
-// A Problem is a per-example loss f_i(w) with its gradient; the empirical
-// risk is F(w) = (1/n) Σ f_i(w) (FullLoss). Built in: least squares
-// ½(x_iᵀw + b − y_i)², binary logistic log(1 + e^{−ỹ_i(x_iᵀw + b)}),
-// multinomial (softmax) cross-entropy, and a one-hidden-layer MLP (tanh or
-// ReLU, softmax output). An L2 term (λ/2)‖W‖² is part of EVERY f_i (so λW
-// is in every per-example gradient: that is the paper's f_i when a
-// regularizer is used); intercepts are not penalized. ProblemFunc adapts
-// closures. Data: LoadBuiltin ("digits", "breast_cancer", embedded),
-// ReadDataset (CSV/.npy/Arrow with a label column), the generators of
-// Corollaries 1–2 (Gaussian, Rademacher features) and Theorem 2 (sparse
-// supports), and the paper's r-replication (Replicate: a random n/r of the
-// points filled back to n by sampling them) next to exact r-fold tiling
-// (Tile: Δ is divided by r, B_S is unchanged).
-//
-// # Mini-batch SGD (eqs. 2–3) and the batch-size policy (Lemma 1, Theorem 3)
-//
-// SGD is the reference trainer:
-//
-//	sum step  (eq. 2):  w ← w − γ Σ_{i∈batch} g_i        (the paper's; γ is per example)
-//	mean step:          w ← w − (γ/B) Σ_{i∈batch} g_i    (frameworks' mean-reduced losses)
-//	projection (eq. 3): w ← Π_{‖w‖≤R}(w)
-//
-// with indices drawn with replacement (the paper) or from shuffled epochs,
-// all randomness from PCG streams of one seed (byte-identical histories).
-// Lemma 1 — E‖w_{k+1} − w*‖² = ‖w_k − w*‖² − 2γB⟨∇F, w_k − w*⟩ +
-// γ²(B·M² + B(B−1)·G) for the sum step — is verified exactly in the tests
-// by enumerating every batch. BatchSizePolicy chooses
+// For the paper's sum step w ← w − γ Σ_{i∈batch} g_i (eq. 2), Lemma 1 gives
+// E‖w_{k+1} − w*‖² = ‖w_k − w*‖² − 2γB⟨∇F, w_k − w*⟩ + γ²(B·M² + B(B−1)·G)
+// (gdiv/train verifies it exactly by enumerating every batch).
+// BatchSizePolicy chooses
 //
 //	B_next = δ·B̂_S + 1,
 //

@@ -58,6 +58,20 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Err: paramErr(format, args...)}
 }
 
+// NonFiniteAt returns an error wrapping ErrNonFinite that names the first
+// NaN or ±Inf entry of the row-major n×d buffer grads ("... in WHAT at row
+// i, column j: v"), or nil when every entry is finite; d must be ≥ 1. The
+// readers and the trainer use it to report bad data the way the statistics
+// do.
+func NonFiniteAt[T float32 | float64](grads []T, d int, what string) error {
+	return nonFiniteAt(grads, d, what)
+}
+
+// IsFinite reports whether x is neither NaN nor ±Inf.
+func IsFinite(x float64) bool { return isFinite(x) }
+
+func isFinite(x float64) bool { return x-x == 0 }
+
 func paramErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrParam}, args...)...)
 }

@@ -56,6 +56,15 @@ func accumulateRows[T float32 | float64](sum []float64, grads []T, n, d int) flo
 	return accumulateRowsGo(sum, grads, n, d)
 }
 
+// AccumulateRows adds each of the n rows of grads (row-major, n×d) into sum
+// (len d) and returns the sum of their squared norms, accumulated in float64
+// by the same kernels (AVX2 on amd64) as ComputeStats: the building block
+// of a trainer that sums per-example gradients one at a time. It panics if
+// n < 0, d < 0, len(sum) < d or len(grads) < n·d.
+func AccumulateRows[T float32 | float64](sum []float64, grads []T, n, d int) float64 {
+	return accumulateRows(sum, grads, n, d)
+}
+
 // accumulateDiffRows is accumulateRows for the row-wise differences a − b,
 // formed in float64.
 func accumulateDiffRows[T float32 | float64](sum []float64, a, b []T, n, d int) float64 {

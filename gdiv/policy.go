@@ -102,6 +102,12 @@ func (p BatchSizePolicy) resolved() BatchSizePolicy {
 	return p
 }
 
+// Resolved returns the policy with the defaults of zero fields filled in
+// (Delta = DefaultPolicyDelta, MinBatch = 1, MaxBatch = 2^53 or the largest
+// int, MultipleOf = 1, MaxGrowth = DefaultPolicyMaxGrowth): the values Next
+// uses. A trainer reads its batch range from it.
+func (p BatchSizePolicy) Resolved() BatchSizePolicy { return p.resolved() }
+
 // Validate returns an error wrapping ErrParam that names the first field
 // out of range: Delta negative, NaN or infinite; MinBatch or MaxBatch
 // negative; MinBatch > MaxBatch (MaxBatch set); MultipleOf negative, or no
@@ -236,6 +242,11 @@ func roundUpMultiple(b, m int) int {
 	}
 	return b
 }
+
+// RoundUpMultiple returns the smallest multiple of m that is ≥ b (b ≥ 1,
+// m ≥ 1), saturating at the largest int. RoundUpMultiple(MinBatch,
+// MultipleOf) of a resolved policy is the smallest batch Next can return.
+func RoundUpMultiple(b, m int) int { return roundUpMultiple(b, m) }
 
 // LRRule says how a training loop with a MEAN-reduced loss rescales its
 // learning rate when the batch size changes (DESIGN decision 1). The

@@ -201,6 +201,10 @@ func checkShape(length, n, d int, what string) {
 	}
 }
 
+// SqNorm returns ‖v‖², accumulated with four partial sums: the arithmetic
+// the statistics use for ‖Σ g_i‖².
+func SqNorm(v []float64) float64 { return sqNormOf(v) }
+
 // sqNorm returns ‖v‖² with four partial sums.
 func sqNorm(v []float64) float64 { return sqNormOf(v) }
 

@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 
 	"github.com/gdiv/gdiv/gdiv"
+	"github.com/gdiv/gdiv/gdiv/data"
 )
 
 // errType and errNull are conversion errors of this package (not data
@@ -29,7 +30,7 @@ var tags = []struct {
 	{gdiv.ErrTooFew, "too_few"},
 	{gdiv.ErrShape, "shape"},
 	{gdiv.ErrParam, "param"},
-	{gdiv.ErrLabel, "label"},
+	{data.ErrLabel, "label"},
 	{errNull, "null"},
 	{errType, "type"},
 }

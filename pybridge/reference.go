@@ -6,9 +6,11 @@ import (
 	"unsafe"
 
 	"github.com/gdiv/gdiv/gdiv"
+	"github.com/gdiv/gdiv/gdiv/data"
+	"github.com/gdiv/gdiv/gdiv/train"
 )
 
-// The reference trainer (gdiv.SGD) and its building blocks, for
+// The reference trainer (train.SGD) and its building blocks, for
 // gdiv.reference in Python: the ground truth of the framework integrations.
 // Stateless: every call builds the problem over the caller's data, runs,
 // writes into caller-owned buffers and keeps nothing.
@@ -20,7 +22,7 @@ import (
 //	spec[0:6] = problem, l2, hidden, activation, intercept, classes
 //
 // problem 0 leastsquares, 1 logistic, 2 softmax, 3 mlp; activation the
-// gdiv.Activation (0 tanh, 1 relu; MLP only); intercept 0 (NoIntercept) or
+// train.Activation (0 tanh, 1 relu; MLP only); intercept 0 (NoIntercept) or
 // 1; classes the Dataset.Classes (0 for least squares' real targets, 2 for
 // logistic, K for softmax and mlp).
 //
@@ -28,8 +30,8 @@ import (
 //
 // X is the operand (xKind, xAddr, n, d) of kind 0 (float64: viewed in
 // place, zero copy) or 1 (float32: widened to a float64 copy, since
-// gdiv.Dataset holds float64); y is the address of n float64 labels,
-// viewed in place. Go builds a gdiv.Dataset over them for the duration of
+// data.Dataset holds float64); y is the address of n float64 labels,
+// viewed in place. Go builds a data.Dataset over them for the duration of
 // the call; Dataset.Validate checks it (finite values, labels in range),
 // and the caller must not modify X or y during the call.
 //
@@ -57,7 +59,7 @@ const (
 type problemSpec struct {
 	problem, hidden, classes int
 	l2                       float64
-	act                      gdiv.Activation
+	act                      train.Activation
 	intercept                bool
 }
 
@@ -74,7 +76,7 @@ func readSpec(addr uintptr) (problemSpec, error) {
 		}
 		ints[i] = k
 	}
-	s := problemSpec{problem: ints[0], hidden: ints[1], act: gdiv.Activation(ints[2]), classes: ints[3], l2: v[1], intercept: v[4] != 0}
+	s := problemSpec{problem: ints[0], hidden: ints[1], act: train.Activation(ints[2]), classes: ints[3], l2: v[1], intercept: v[4] != 0}
 	if s.classes < 0 {
 		return problemSpec{}, paramErrorf("classes = %d, want ≥ 0", s.classes)
 	}
@@ -82,35 +84,35 @@ func readSpec(addr uintptr) (problemSpec, error) {
 }
 
 // build returns the problem of the spec over ds (ds.Classes is set here).
-func (s problemSpec) build(ds *gdiv.Dataset) (gdiv.Problem, error) {
+func (s problemSpec) build(ds *data.Dataset) (train.Problem, error) {
 	ds.Classes = s.classes
-	var opts []gdiv.ProblemOption
+	var opts []train.ProblemOption
 	if !s.intercept {
-		opts = append(opts, gdiv.NoIntercept())
+		opts = append(opts, train.NoIntercept())
 	}
 	// Each case returns its own error: a failed constructor's typed nil
 	// pointer must not become a non-nil Problem interface.
 	switch s.problem {
 	case probLeastSquares:
-		p, err := gdiv.NewLeastSquares(ds, s.l2, opts...)
+		p, err := train.NewLeastSquares(ds, s.l2, opts...)
 		if err != nil {
 			return nil, err
 		}
 		return p, nil
 	case probLogistic:
-		p, err := gdiv.NewLogistic(ds, s.l2, opts...)
+		p, err := train.NewLogistic(ds, s.l2, opts...)
 		if err != nil {
 			return nil, err
 		}
 		return p, nil
 	case probSoftmax:
-		p, err := gdiv.NewSoftmax(ds, s.l2, opts...)
+		p, err := train.NewSoftmax(ds, s.l2, opts...)
 		if err != nil {
 			return nil, err
 		}
 		return p, nil
 	case probMLP:
-		p, err := gdiv.NewMLP(ds, s.hidden, s.act, s.l2, opts...)
+		p, err := train.NewMLP(ds, s.hidden, s.act, s.l2, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -121,7 +123,7 @@ func (s problemSpec) build(ds *gdiv.Dataset) (gdiv.Problem, error) {
 
 // problem returns the spec's problem over the data (X, y); see the data
 // layout above.
-func problem(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int) (gdiv.Problem, error) {
+func problem(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int) (train.Problem, error) {
 	s, err := readSpec(spec)
 	if err != nil {
 		return nil, err
@@ -145,13 +147,13 @@ func problem(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int) (gdiv.Prob
 	if ys == nil {
 		ys = []float64{}
 	}
-	return s.build(&gdiv.Dataset{Name: "(X, y)", X: xs, Y: ys, N: n, D: d})
+	return s.build(&data.Dataset{Name: "(X, y)", X: xs, Y: ys, N: n, D: d})
 }
 
 // shapeProblem returns the spec's problem over one all-zero example with d
 // features and label 0: the problem's shape (NumParams) and initial
 // weights do not depend on the data.
-func shapeProblem(spec uintptr, d int) (gdiv.Problem, error) {
+func shapeProblem(spec uintptr, d int) (train.Problem, error) {
 	s, err := readSpec(spec)
 	if err != nil {
 		return nil, err
@@ -159,12 +161,12 @@ func shapeProblem(spec uintptr, d int) (gdiv.Problem, error) {
 	if d < 1 {
 		return nil, fmt.Errorf("%w: n_features = %d", gdiv.ErrZeroDim, d)
 	}
-	return s.build(&gdiv.Dataset{X: make([]float64, d), Y: []float64{0}, N: 1, D: d})
+	return s.build(&data.Dataset{X: make([]float64, d), Y: []float64{0}, N: 1, D: d})
 }
 
 // weights views the caller's weight vector of wLen values at addr and
 // checks its length against the problem's NumParams.
-func weights(what string, p gdiv.Problem, addr uintptr, wLen int) ([]float64, error) {
+func weights(what string, p train.Problem, addr uintptr, wLen int) ([]float64, error) {
 	if np := p.NumParams(); wLen != np {
 		return nil, shapeErrorf("%s has %d values; the problem has %d parameters", what, wLen, np)
 	}
@@ -217,7 +219,7 @@ func NumParams(spec uintptr, d int) (_ int, err error) {
 }
 
 // InitialWeights writes the spec's problem's initial weights for d features
-// — Initializer.gdiv.SeededInitialWeights (the PCG stream gdiv.InitStream):
+// — Initializer.gdiv.SeededInitialWeights (the PCG stream train.InitStream):
 // zeros for the convex problems, seeded Glorot/He normal weights with zero
 // biases for the MLP — into the dstLen float64 values at dst, and returns
 // NumParams.
@@ -231,13 +233,13 @@ func InitialWeights(spec uintptr, d int, seed uint64, dst uintptr, dstLen int) (
 	if err != nil {
 		return 0, err
 	}
-	copy(out, gdiv.SeededInitialWeights(p, seed))
+	copy(out, train.SeededInitialWeights(p, seed))
 	return len(out), nil
 }
 
 // LossGrads writes the per-example losses f_i(w) into losses[0:b] and the
 // per-example gradients ∇f_i(w) (Problem.LossGrad, the rows of
-// gdiv.PerExampleGrads) into grads[0:b·P], row-major, for i = indices[0],
+// train.PerExampleGrads) into grads[0:b·P], row-major, for i = indices[0],
 // …, indices[b−1]; indices = 0 means every example (b must be n). It
 // returns b.
 func LossGrads(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintptr, wLen int,
@@ -278,8 +280,8 @@ func LossGrads(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintpt
 	return b, nil
 }
 
-// Step writes gdiv.SGDStep(dst, w, p, indices, lr, rule, radius) into the
-// wLen float64 values at dst (rule 0 sum, 1 mean: gdiv.SumStep, MeanStep;
+// Step writes train.SGDStep(dst, w, p, indices, lr, rule, radius) into the
+// wLen float64 values at dst (rule 0 sum, 1 mean: train.SumStep, MeanStep;
 // b int64 indices at indices). It returns b.
 func Step(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintptr, wLen int,
 	indices uintptr, b int, lr float64, rule int, radius float64, dst uintptr) (_ int, err error) {
@@ -300,7 +302,7 @@ func Step(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintptr, wL
 	if err != nil {
 		return 0, err
 	}
-	return b, gdiv.SGDStep(out, wv, p, idx, lr, gdiv.StepRule(rule), radius)
+	return b, train.SGDStep(out, wv, p, idx, lr, train.StepRule(rule), radius)
 }
 
 // readSettings decodes the settings buffer,
@@ -309,8 +311,8 @@ func Step(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintptr, wL
 //	                estimator_beta, eval_every
 //
 // (step 0 sum, 1 mean; sampling 0 replacement, 1 shuffle: the values of
-// gdiv.SumStep, MeanStep, WithReplacement, Shuffle). SGD validates them.
-func readSettings(addr uintptr) (gdiv.SGDSettings, error) {
+// train.SumStep, MeanStep, WithReplacement, Shuffle). SGD validates them.
+func readSettings(addr uintptr) (train.SGDSettings, error) {
 	v := outBuf(addr, settingsLen)
 	var ints [6]int
 	for i, f := range []struct {
@@ -319,21 +321,21 @@ func readSettings(addr uintptr) (gdiv.SGDSettings, error) {
 	}{{"step rule code", 1}, {"batch", 2}, {"steps", 3}, {"examples", 4}, {"sampling code", 5}, {"eval_every", 8}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
-			return gdiv.SGDSettings{}, err
+			return train.SGDSettings{}, err
 		}
 		ints[i] = k
 	}
-	return gdiv.SGDSettings{
-		LR: v[0], Step: gdiv.StepRule(ints[0]), Batch: ints[1], Steps: ints[2], Examples: ints[3],
-		Sampling: gdiv.Sampling(ints[4]), Radius: v[6], EstimatorBeta: v[7], EvalEvery: ints[5],
+	return train.SGDSettings{
+		LR: v[0], Step: train.StepRule(ints[0]), Batch: ints[1], Steps: ints[2], Examples: ints[3],
+		Sampling: train.Sampling(ints[4]), Radius: v[6], EstimatorBeta: v[7], EvalEvery: ints[5],
 	}, nil
 }
 
-// Train runs gdiv.SGD on the spec's problem over (X, y) and writes the run
+// Train runs train.SGD on the spec's problem over (X, y) and writes the run
 // into the caller's buffers. Arguments:
 //
 //	w0, w0Len         the initial weights (w0Len = NumParams); w0 = 0 means
-//	                  gdiv.SeededInitialWeights(p, seed)
+//	                  train.SeededInitialWeights(p, seed)
 //	settings          the settings buffer (see readSettings)
 //	policy            a policy buffer (see policyLen), or 0 for a fixed batch
 //	mech, ...         a mechanism as for MechanismApply, mech = −1 for none
@@ -372,7 +374,7 @@ func Train(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w0 uintptr, 
 	}
 	var start []float64
 	if w0 == 0 {
-		start = gdiv.SeededInitialWeights(p, seed)
+		start = train.SeededInitialWeights(p, seed)
 	} else if start, err = weights("w0", p, w0, w0Len); err != nil {
 		return 0, err
 	}
@@ -395,7 +397,7 @@ func Train(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w0 uintptr, 
 	s.Seed = seed
 	s.RecordIndices = indices != 0
 
-	res, err := gdiv.SGD(p, start, s)
+	res, err := train.SGD(p, start, s)
 	if err != nil {
 		return 0, err
 	}

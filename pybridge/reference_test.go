@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"github.com/gdiv/gdiv/gdiv"
+	"github.com/gdiv/gdiv/gdiv/data"
+	"github.com/gdiv/gdiv/gdiv/train"
 )
 
 // The codes that cross as integers are the values of the core's enums; the
@@ -22,17 +24,17 @@ func TestCodesAreCoreEnums(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]int{"sum": 0, "mean": 1} {
-		if r, err := gdiv.ParseStepRule(name); err != nil || int(r) != want {
+		if r, err := train.ParseStepRule(name); err != nil || int(r) != want {
 			t.Errorf("step rule %q = %d, %v; want code %d", name, r, err, want)
 		}
 	}
 	for name, want := range map[string]int{"replacement": 0, "shuffle": 1} {
-		if r, err := gdiv.ParseSampling(name); err != nil || int(r) != want {
+		if r, err := train.ParseSampling(name); err != nil || int(r) != want {
 			t.Errorf("sampling %q = %d, %v; want code %d", name, r, err, want)
 		}
 	}
 	for name, want := range map[string]int{"tanh": 0, "relu": 1} {
-		if r, err := gdiv.ParseActivation(name); err != nil || int(r) != want {
+		if r, err := train.ParseActivation(name); err != nil || int(r) != want {
 			t.Errorf("activation %q = %d, %v; want code %d", name, r, err, want)
 		}
 	}
@@ -115,10 +117,10 @@ func TestPolicyErrors(t *testing.T) {
 
 // newRefData returns a small random data set, in foreign memory too, and
 // the spec of the problem prob over it.
-func newRefData(t *testing.T, n, d, classes int, prob int, hidden int) (ds *gdiv.Dataset, spec, x, y uintptr) {
+func newRefData(t *testing.T, n, d, classes int, prob int, hidden int) (ds *data.Dataset, spec, x, y uintptr) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(7, 7))
-	ds = &gdiv.Dataset{X: make([]float64, n*d), Y: make([]float64, n), N: n, D: d, Classes: classes}
+	ds = &data.Dataset{X: make([]float64, n*d), Y: make([]float64, n), N: n, D: d, Classes: classes}
 	for i := range ds.X {
 		ds.X[i] = rng.NormFloat64()
 	}
@@ -138,15 +140,15 @@ func newRefData(t *testing.T, n, d, classes int, prob int, hidden int) (ds *gdiv
 func TestTrainMatchesSGD(t *testing.T) {
 	const n, d, k, h = 40, 5, 3, 4
 	ds, spec, x, y := newRefData(t, n, d, k, probMLP, h)
-	prob, err := gdiv.NewMLP(ds, h, gdiv.Tanh, 1e-3)
+	prob, err := train.NewMLP(ds, h, train.Tanh, 1e-3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	np := prob.NumParams()
 	pol := gdiv.BatchSizePolicy{MaxBatch: 16, LR: gdiv.LRLinear}
-	s := gdiv.SGDSettings{LR: 0.05, Step: gdiv.MeanStep, Policy: &pol, Examples: 200, Sampling: gdiv.Shuffle,
+	s := train.SGDSettings{LR: 0.05, Step: train.MeanStep, Policy: &pol, Examples: 200, Sampling: train.Shuffle,
 		Mechanism: gdiv.Dropout{P: 0.25}, Seed: 11, EstimatorBeta: 0.5, EvalEvery: 3, RecordIndices: true}
-	want, err := gdiv.SGD(prob, prob.InitialWeights(rand.New(rand.NewPCG(11, gdiv.InitStream))), s)
+	want, err := train.SGD(prob, prob.InitialWeights(rand.New(rand.NewPCG(11, train.InitStream))), s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +197,7 @@ func TestTrainMatchesSGD(t *testing.T) {
 func TestStepAndLossGradsMatchCore(t *testing.T) {
 	const n, d, k = 30, 4, 3
 	ds, spec, x, y := newRefData(t, n, d, k, probSoftmax, 0)
-	prob, _ := gdiv.NewSoftmax(ds, 1e-3)
+	prob, _ := train.NewSoftmax(ds, 1e-3)
 	np := prob.NumParams()
 	w0 := make([]float64, np)
 	for i := range w0 {
@@ -214,7 +216,7 @@ func TestStepAndLossGradsMatchCore(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := make([]float64, np)
-	if err := gdiv.SGDStep(want, w0, prob, idx, 0.1, gdiv.MeanStep, 2.0); err != nil || !reflect.DeepEqual(dst, want) {
+	if err := train.SGDStep(want, w0, prob, idx, 0.1, train.MeanStep, 2.0); err != nil || !reflect.DeepEqual(dst, want) {
 		t.Fatalf("Step differs from SGDStep (%v)", err)
 	}
 
@@ -223,7 +225,7 @@ func TestStepAndLossGradsMatchCore(t *testing.T) {
 	if _, err := LossGrads(spec, kindF64, x, y, n, d, wAddr, np, iAddr, len(idx), lAddr, gAddr); err != nil {
 		t.Fatal(err)
 	}
-	wantG, meanLoss := gdiv.PerExampleGrads(nil, prob, w0, idx)
+	wantG, meanLoss := train.PerExampleGrads(nil, prob, w0, idx)
 	if !reflect.DeepEqual(grads, wantG) {
 		t.Error("LossGrads gradients differ from PerExampleGrads")
 	}
@@ -245,7 +247,7 @@ func TestStepAndLossGradsMatchCore(t *testing.T) {
 	if _, err := Step(spec, kindF32, x32Addr, y, n, d, wAddr, np, iAddr, len(idx), 0.1, 1, 2.0, dAddr); err != nil {
 		t.Fatal(err)
 	}
-	_ = gdiv.SGDStep(want, w0, prob, idx, 0.1, gdiv.MeanStep, 2.0)
+	_ = train.SGDStep(want, w0, prob, idx, 0.1, train.MeanStep, 2.0)
 	if !reflect.DeepEqual(dst, want) {
 		t.Error("float32 Step differs")
 	}
@@ -314,9 +316,9 @@ func TestInitialWeightsStream(t *testing.T) {
 	if _, err := InitialWeights(spec, 4, 5, dAddr, np); err != nil {
 		t.Fatal(err)
 	}
-	ds := &gdiv.Dataset{X: make([]float64, 4), Y: []float64{0}, N: 1, D: 4, Classes: 3}
-	p, _ := gdiv.NewMLP(ds, 6, gdiv.ReLU, 0)
-	if want := p.InitialWeights(rand.New(rand.NewPCG(5, gdiv.InitStream))); !reflect.DeepEqual(dst, want) {
-		t.Error("InitialWeights differs from MLP.InitialWeights(PCG(seed, gdiv.InitStream))")
+	ds := &data.Dataset{X: make([]float64, 4), Y: []float64{0}, N: 1, D: 4, Classes: 3}
+	p, _ := train.NewMLP(ds, 6, train.ReLU, 0)
+	if want := p.InitialWeights(rand.New(rand.NewPCG(5, train.InitStream))); !reflect.DeepEqual(dst, want) {
+		t.Error("InitialWeights differs from MLP.InitialWeights(PCG(seed, train.InitStream))")
 	}
 }

@@ -2,10 +2,10 @@
 // directory (see README.md for their sources and licences) as embedded
 // bytes, so that nothing is read from disk or downloaded at run time.
 //
-// Use them through gdiv.LoadBuiltin, which parses and validates them; this
-// package only holds the raw CSV text. The directory is named testdata, so
-// "./..." patterns skip it, but it is an ordinary importable package:
-// github.com/gdiv/gdiv/testdata.
+// Use them through data.LoadBuiltin (package gdiv/data), which parses and
+// validates them; this package only holds the raw CSV text. The directory
+// is named testdata, so "./..." patterns skip it, but it is an ordinary
+// importable package: github.com/gdiv/gdiv/testdata.
 package datasets
 
 import _ "embed"

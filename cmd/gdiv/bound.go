@@ -53,17 +53,17 @@ func runBound(e *env, args []string) error {
 	}
 	label := "bound " + kind
 	if err := positionals(pos[1:], "FILE"); err != nil {
-		return &labeledError{label, err}
+		return &labeledError{Label: label, Err: err}
 	}
 	x, err := e.readMatrix(pos[1], c)
 	if err != nil {
-		return &labeledError{label, err}
+		return &labeledError{Label: label, Err: err}
 	}
 	var fields []kv
 	if kind == "glm" {
 		b, err := gdiv.BoundGLM(x.Data, x.Rows, x.Cols)
 		if err != nil {
-			return &labeledError{label, dataErr(pos[1], err)}
+			return &labeledError{Label: label, Err: dataErr(pos[1], err)}
 		}
 		fields = []kv{
 			{"n", b.N},
@@ -75,7 +75,7 @@ func runBound(e *env, args []string) error {
 	} else {
 		b, err := gdiv.BoundSparse(x.Data, x.Rows, x.Cols)
 		if err != nil {
-			return &labeledError{label, dataErr(pos[1], err)}
+			return &labeledError{Label: label, Err: dataErr(pos[1], err)}
 		}
 		fields = []kv{
 			{"n", b.N},

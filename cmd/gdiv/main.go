@@ -17,30 +17,23 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/gdiv/gdiv/cmd/gdiv/internal/cli"
 	"github.com/gdiv/gdiv/gdiv"
+	"github.com/gdiv/gdiv/gdiv/data"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
-
-// Exit statuses.
-const (
-	exitOK    = 0
-	exitData  = 1 // the input data (or a file) is bad
-	exitUsage = 2 // the command line is bad
-)
 
 // env is what a command needs from the process.
 type env struct {
@@ -127,15 +120,6 @@ const versionUsage = `Usage: gdiv version
 Print the module version of this gdiv binary.
 `
 
-// usageError is a problem with the command line: exit status 2.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error {
-	return &usageError{msg: fmt.Sprintf(format, args...)}
-}
-
 // run executes the command line args and returns the exit status.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
@@ -160,49 +144,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return exitUsage
 	}
-	err := c.run(e, args[1:])
-	if err == nil {
-		return exitOK
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stdout, c.usage)
-		return exitOK
-	}
-	// A command may refine its name ("bound glm").
-	label := c.name
-	var le *labeledError
-	if errors.As(err, &le) {
-		label = le.label
-		err = le.err
-	}
-	msg := oneLine(strings.TrimPrefix(err.Error(), "gdiv: "))
-	var ue *usageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "gdiv: %s: %s (see 'gdiv %s --help')\n", label, msg, c.name)
-		return exitUsage
-	}
-	fmt.Fprintf(stderr, "gdiv: %s: %s\n", label, msg)
-	return exitData
-}
-
-// labeledError carries a more specific command label for the error line.
-type labeledError struct {
-	label string
-	err   error
-}
-
-func (e *labeledError) Error() string { return e.err.Error() }
-func (e *labeledError) Unwrap() error { return e.err }
-
-// oneLine makes s safe for a one-line message.
-func oneLine(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
-		}
-		return r
-	}, s)
+	return cli.Report(stdout, stderr, c.name, c.usage, c.run(e, args[1:]))
 }
 
 func printMainUsage(w io.Writer) {
@@ -280,52 +222,16 @@ func (c *common) check() error {
 	return nil
 }
 
-// parseArgs parses flags that may come before, between and after the
-// positional arguments (the flag package alone stops at the first
-// positional). Everything after "--" is positional.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// flagError turns a flag package error into a usage error; --help passes.
-func flagError(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return &usageError{msg: err.Error()}
-}
-
-// given returns the set of flags set on the command line.
-func given(fs *flag.FlagSet) map[string]bool {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	return set
-}
-
 // --- input -----------------------------------------------------------------
 
 // readMatrix reads FILE ("-" = CSV on stdin) and applies --cols.
-func (e *env) readMatrix(path string, c *common) (*gdiv.Matrix, error) {
-	var m *gdiv.Matrix
+func (e *env) readMatrix(path string, c *common) (*data.Matrix, error) {
+	var m *data.Matrix
 	var err error
 	if path == "-" {
-		m, err = gdiv.ReadCSV(e.stdin, "<stdin>")
+		m, err = data.ReadCSV(e.stdin, "<stdin>")
 	} else {
-		m, err = gdiv.ReadMatrixFile(path)
+		m, err = data.ReadMatrixFile(path)
 	}
 	if err != nil {
 		return nil, err
@@ -397,32 +303,6 @@ func writeResult(w io.Writer, format string, fields []kv) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// nonFinite names +Inf, -Inf and NaN; only +Inf can occur in results.
-func nonFinite(v float64) (string, bool) {
-	switch {
-	case math.IsInf(v, 1):
-		return "inf", true
-	case math.IsInf(v, -1):
-		return "-inf", true
-	case math.IsNaN(v):
-		return "nan", true
-	}
-	return "", false
-}
-
-func jsonValue(v any) string {
-	if f, ok := v.(float64); ok {
-		if s, ok := nonFinite(f); ok {
-			return strconv.Quote(s)
-		}
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("gdiv: cannot encode %v: %v", v, err))
-	}
-	return string(b)
 }
 
 func tableValue(v any) string {

@@ -6,14 +6,11 @@ import (
 	"io"
 	"math"
 	"os"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"gonum.org/v1/plot/vg"
 
-	"github.com/gdiv/gdiv/gdiv"
+	"github.com/gdiv/gdiv/gdiv/train"
 	"github.com/gdiv/gdiv/internal/plotx"
 )
 
@@ -80,148 +77,6 @@ max_batch_used, batch_bound (final smoothed estimate), wall_seconds.
 	run: runTrain,
 }
 
-// problemFlags select a data set and a problem; train and the experiments
-// share them.
-type problemFlags struct {
-	data, label, positive string
-	classes               int
-	noStandardize         bool
-	problem               string
-	hidden                int
-	activation            string
-	l2                    float64
-}
-
-func addProblemFlags(fs *flag.FlagSet, defProblem string) *problemFlags {
-	f := &problemFlags{}
-	fs.StringVar(&f.data, "data", "", "digits, breast_cancer or a file")
-	fs.StringVar(&f.label, "label", "", "label column")
-	fs.IntVar(&f.classes, "classes", -1, "number of classes of FILE (0 = regression)")
-	fs.StringVar(&f.positive, "positive", "", "labels of class 1 for logistic")
-	fs.BoolVar(&f.noStandardize, "no-standardize", false, "keep raw features")
-	fs.StringVar(&f.problem, "problem", defProblem, "leastsquares, logistic, softmax or mlp")
-	fs.IntVar(&f.hidden, "hidden", 32, "MLP hidden units")
-	fs.StringVar(&f.activation, "activation", "tanh", "MLP activation")
-	fs.Float64Var(&f.l2, "l2", 1e-4, "L2 regularization")
-	return f
-}
-
-// dataset loads and prepares the data set the flags name.
-func (f *problemFlags) dataset() (*gdiv.Dataset, error) {
-	if f.data == "" {
-		return nil, usagef("missing --data (%s, or a file)", strings.Join(gdiv.BuiltinNames(), ", "))
-	}
-	var ds *gdiv.Dataset
-	var err error
-	if slices.Contains(gdiv.BuiltinNames(), f.data) {
-		if f.label != "" || f.classes >= 0 {
-			return nil, usagef("--label and --classes apply to a data file, not to the bundled %s", f.data)
-		}
-		ds, err = gdiv.LoadBuiltin(f.data)
-	} else {
-		if _, statErr := os.Stat(f.data); statErr != nil && !strings.ContainsAny(f.data, "./") {
-			return nil, usagef("unknown data set %q: want %s or a file", f.data, strings.Join(gdiv.BuiltinNames(), ", "))
-		}
-		if f.classes >= 0 {
-			ds, err = gdiv.ReadDatasetClasses(f.data, f.label, f.classes)
-		} else {
-			ds, err = gdiv.ReadDataset(f.data, f.label)
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	if f.positive != "" {
-		if ds.Classes < 2 {
-			return nil, usagef("--positive needs class labels; %s has real-valued targets", f.data)
-		}
-		pos := map[float64]bool{}
-		for _, s := range strings.Split(f.positive, ",") {
-			v, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || v < 0 || v >= ds.Classes {
-				return nil, usagef("--positive %q: %q is not a class label of %s (0..%d)", f.positive, s, f.data, ds.Classes-1)
-			}
-			pos[float64(v)] = true
-		}
-		ds = ds.Binary(func(y float64) bool { return pos[y] })
-	}
-	if !f.noStandardize {
-		ds, _ = ds.Standardize()
-	}
-	return ds, nil
-}
-
-// build returns the problem over ds.
-func (f *problemFlags) build(ds *gdiv.Dataset) (gdiv.Problem, error) {
-	switch f.problem {
-	case "leastsquares":
-		return gdiv.NewLeastSquares(ds, f.l2)
-	case "logistic":
-		if ds.Classes > 2 {
-			return nil, usagef("--problem logistic needs 2 classes; %s has %d (use --problem softmax, or --positive LIST)", f.data, ds.Classes)
-		}
-		return gdiv.NewLogistic(ds, f.l2)
-	case "softmax":
-		return gdiv.NewSoftmax(ds, f.l2)
-	case "mlp":
-		act, err := gdiv.ParseActivation(f.activation)
-		if err != nil {
-			return nil, usagef("--activation %q: want tanh or relu", f.activation)
-		}
-		return gdiv.NewMLP(ds, f.hidden, act, f.l2)
-	}
-	return nil, usagef("unknown --problem %q: want leastsquares, logistic, softmax or mlp", f.problem)
-}
-
-// policyFlags configure the diversity-driven batch-size policy.
-type policyFlags struct {
-	policy                             string
-	delta, hysteresis, maxGrowth       float64
-	minBatch, maxBatch, multiple, warm int
-	lrRule                             string
-}
-
-func addPolicyFlags(fs *flag.FlagSet) *policyFlags {
-	f := &policyFlags{}
-	fs.StringVar(&f.policy, "policy", "", "diversity")
-	fs.Float64Var(&f.delta, "delta", 1, "delta in B = delta*B_S + 1")
-	fs.IntVar(&f.minBatch, "min-batch", 2, "smallest batch")
-	fs.IntVar(&f.maxBatch, "max-batch", 0, "largest batch (0 = n)")
-	fs.IntVar(&f.multiple, "multiple-of", 1, "batch granularity")
-	fs.Float64Var(&f.hysteresis, "hysteresis", 0, "relative change threshold")
-	fs.Float64Var(&f.maxGrowth, "max-growth", 2, "largest factor per decision")
-	fs.IntVar(&f.warm, "warmup", 0, "steps before the policy acts")
-	fs.StringVar(&f.lrRule, "lr-rule", "linear", "linear, sqrt or none")
-	return f
-}
-
-var policyOnlyFlags = []string{"delta", "min-batch", "max-batch", "multiple-of", "hysteresis", "max-growth", "warmup", "lr-rule"}
-
-// build returns the policy (nil for a fixed batch).
-func (f *policyFlags) build(set map[string]bool) (*gdiv.BatchSizePolicy, error) {
-	if f.policy == "" {
-		for _, name := range policyOnlyFlags {
-			if set[name] {
-				return nil, usagef("--%s applies only with --policy diversity", name)
-			}
-		}
-		return nil, nil
-	}
-	if f.policy != "diversity" {
-		return nil, usagef("unknown --policy %q: want diversity", f.policy)
-	}
-	rule, err := gdiv.ParseLRRule(f.lrRule)
-	if err != nil {
-		return nil, usagef("--lr-rule %q: want linear, sqrt or none", f.lrRule)
-	}
-	p := &gdiv.BatchSizePolicy{Delta: f.delta, MinBatch: f.minBatch, MaxBatch: f.maxBatch,
-		MultipleOf: f.multiple, Hysteresis: f.hysteresis, MaxGrowth: f.maxGrowth, Warmup: f.warm, LR: rule}
-	if err := p.Validate(); err != nil {
-		return nil, usagef("%s", strings.TrimPrefix(err.Error(), "gdiv: "))
-	}
-	return p, nil
-}
-
 func runTrain(e *env, args []string) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -253,7 +108,7 @@ func runTrain(e *env, args []string) error {
 		return usagef("unexpected argument %q (the data set is given by --data)", pos[0])
 	}
 	set := given(fs)
-	policy, err := pol.build(set)
+	policy, err := pol.Build(set)
 	if err != nil {
 		return err
 	}
@@ -279,24 +134,24 @@ func runTrain(e *env, args []string) error {
 	case !(*beta >= 0 && *beta < 1):
 		return usagef("--beta %v: want 0 <= beta < 1", *beta)
 	}
-	rule, err := gdiv.ParseStepRule(*step)
+	rule, err := train.ParseStepRule(*step)
 	if err != nil {
 		return usagef("--step %q: want sum or mean", *step)
 	}
-	samp, err := gdiv.ParseSampling(*sampling)
+	samp, err := train.ParseSampling(*sampling)
 	if err != nil {
 		return usagef("--sampling %q: want replacement or shuffle", *sampling)
 	}
 
-	ds, err := pf.dataset()
+	ds, err := pf.Dataset()
 	if err != nil {
 		return err
 	}
-	prob, err := pf.build(ds)
+	prob, err := pf.Build(ds)
 	if err != nil {
 		return err
 	}
-	s := gdiv.SGDSettings{LR: *lr, Step: rule, Batch: *batch, Policy: policy, Steps: *steps,
+	s := train.SGDSettings{LR: *lr, Step: rule, Batch: *batch, Policy: policy, Steps: *steps,
 		Sampling: samp, Radius: *radius, Mechanism: mech, Seed: *seed, EstimatorBeta: *beta, EvalEvery: *evalEvery}
 	if set["epochs"] {
 		s.Examples = int(math.Ceil(*epochs * float64(ds.N)))
@@ -315,7 +170,7 @@ func runTrain(e *env, args []string) error {
 		s.Progress = newProgress(e.stderr, s, ds.N)
 	}
 	start := time.Now()
-	res, err := gdiv.SGD(prob, gdiv.SeededInitialWeights(prob, *seed), s)
+	res, err := train.SGD(prob, train.SeededInitialWeights(prob, *seed), s)
 	wall := time.Since(start).Seconds()
 	if err != nil {
 		return err
@@ -326,13 +181,13 @@ func runTrain(e *env, args []string) error {
 		}
 	}
 	if *plotPath != "" {
-		if err := plotHistory(*plotPath, fmt.Sprintf("%s on %s", pf.problem, pf.data), ds.N, res.History); err != nil {
+		if err := plotHistory(*plotPath, fmt.Sprintf("%s on %s", pf.Problem, pf.Data), ds.N, res.History); err != nil {
 			return err
 		}
 	}
 	acc := -1.0
 	if ds.Classes >= 2 {
-		if acc, err = gdiv.Accuracy(prob, res.W, ds); err != nil {
+		if acc, err = train.Accuracy(prob, res.W, ds); err != nil {
 			return err
 		}
 	}
@@ -342,7 +197,7 @@ func runTrain(e *env, args []string) error {
 	}
 	last := res.History[len(res.History)-1]
 	return writeResult(e.stdout, *format, []kv{
-		{"data", pf.data}, {"problem", pf.problem}, {"n", ds.N}, {"params", prob.NumParams()},
+		{"data", pf.Data}, {"problem", pf.Problem}, {"n", ds.N}, {"params", prob.NumParams()},
 		{"steps", res.Steps}, {"examples", res.Examples},
 		{"initial_loss", res.InitialLoss}, {"final_loss", res.FinalLoss}, {"train_accuracy", acc},
 		{"first_batch", res.History[0].Batch}, {"final_batch", last.Batch}, {"max_batch_used", maxB},
@@ -353,14 +208,14 @@ func runTrain(e *env, args []string) error {
 // newProgress returns a Progress callback that prints about twenty lines per
 // run (and the last step) on w, so that a long run shows it is alive in a
 // log as well as on a terminal.
-func newProgress(w io.Writer, s gdiv.SGDSettings, n int) func(gdiv.Record) {
+func newProgress(w io.Writer, s train.SGDSettings, n int) func(train.Record) {
 	total, unit := s.Steps, "steps"
 	if total == 0 || (s.Examples > 0 && s.Policy != nil) {
 		total, unit = s.Examples, "examples"
 	}
 	every := max(1, total/20)
 	next := every
-	return func(r gdiv.Record) {
+	return func(r train.Record) {
 		done := r.Step
 		if unit == "examples" {
 			done = r.Examples
@@ -377,12 +232,12 @@ func newProgress(w io.Writer, s gdiv.SGDSettings, n int) func(gdiv.Record) {
 	}
 }
 
-func writeHistory(path string, h []gdiv.Record) error {
+func writeHistory(path string, h []train.Record) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if err := gdiv.WriteHistoryCSV(f, h); err != nil {
+	if err := train.WriteHistoryCSV(f, h); err != nil {
 		f.Close()
 		return err
 	}
@@ -391,7 +246,7 @@ func writeHistory(path string, h []gdiv.Record) error {
 
 // plotHistory draws loss, batch-bound estimate and batch size against the
 // number of examples seen.
-func plotHistory(path, title string, n int, h []gdiv.Record) error {
+func plotHistory(path, title string, n int, h []train.Record) error {
 	var ex, loss, bound, batch []float64
 	for _, r := range h {
 		x := float64(r.Examples)

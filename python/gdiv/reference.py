@@ -2,7 +2,7 @@
 framework integrations.
 
 Mini-batch SGD exactly as the paper states it (eqs. 2–3), run by Go's
-``gdiv.SGD`` — deterministic (the same inputs give bit-identical weights and
+``train.SGD`` — deterministic (the same inputs give bit-identical weights and
 history), with the diversity estimate and, optionally, the batch-size policy
 and a diversity-inducing mechanism in the loop:
 
@@ -41,9 +41,9 @@ problem           f_i(w)                                                labels y
 
 Data: ``X`` is an (n, d) float64 or float32 array, C-contiguous (numpy or a
 torch CPU tensor; other array-likes are copied once). float64 ``X`` crosses
-zero-copy: Go builds its ``gdiv.Dataset`` over the array's own memory for the
+zero-copy: Go builds its ``data.Dataset`` over the array's own memory for the
 duration of the call. float32 ``X`` is widened by Go to a float64 copy
-(``gdiv.Dataset`` holds float64). ``y`` (length n) crosses zero-copy when it
+(``data.Dataset`` holds float64). ``y`` (length n) crosses zero-copy when it
 is a contiguous float64 array; integer labels (the usual case) are converted
 to a float64 copy of n values. Go keeps no address after a call returns. Do
 not modify ``X`` or ``y`` from another thread during a call.
@@ -90,7 +90,7 @@ __all__ = [
     "HISTORY_FIELDS",
 ]
 
-# Names in code order (pybridge's problem codes; gdiv.Activation, StepRule
+# Names in code order (pybridge's problem codes; train.Activation, StepRule
 # and Sampling values — pybridge's TestCodesAreCoreEnums checks them).
 PROBLEMS: Tuple[str, ...] = ("leastsquares", "logistic", "softmax", "mlp")
 _ACTIVATIONS = ("tanh", "relu")
@@ -338,8 +338,8 @@ class Layer:
 class ParamLayout:
     """How Go's flat parameter vector maps to the model's matrices.
 
-    Go's layouts (gdiv/problem.go, gdiv/mlp.go), S = D + 1 with intercepts,
-    D without:
+    Go's layouts (gdiv/train/problem.go, gdiv/train/mlp.go), S = D + 1 with
+    intercepts, D without:
 
     ===============================  ===========================================
     leastsquares, logistic           ``[w_1 … w_D, b]`` — one row (1 × S)
@@ -772,7 +772,7 @@ def train(
     record_indices: bool = False,
     classes: Optional[int] = None,
 ) -> TrainResult:
-    """Train with Go's reference mini-batch SGD (``gdiv.SGD``).
+    """Train with Go's reference mini-batch SGD (``train.SGD``).
 
     Args:
         X: (n, d) features, float64 (zero copy) or float32 (widened by Go to

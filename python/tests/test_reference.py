@@ -52,7 +52,8 @@ def _softmax_rows(z):
 
 def oracle_loss_grad(problem, X, y, w, l2, intercept=True, hidden=None):
     """Per-example losses and gradients, written from the formulas and Go's
-    documented layouts (gdiv/problem.go, gdiv/mlp.go) — not from ParamLayout."""
+    documented layouts (gdiv/train/problem.go, gdiv/train/mlp.go) — not from
+    ParamLayout."""
     n, d = X.shape
     s = d + int(intercept)
     Xt = np.hstack([X, np.ones((n, 1))]) if intercept else X
