@@ -22,17 +22,10 @@ See ``gdiv.torch.norms`` for the scaling conventions (``loss_reduction``) and
 ``gdiv.torch.monitor`` for the loop.
 """
 
-from ._rules import (
-    CaptureError,
-    NormsError,
-    RuleContext,
-    UnsupportedModuleError,
-    find_norm_rule,
-    register_norm_rule,
-    registered_norm_rules,
-)
+from .errors import CaptureError, NormsError, UnsupportedModuleError
 from .monitor import RECORD_FIELDS, DiversityMonitor
 from .norms import PerExampleNorms, per_example_grads, trainable_parameters
+from .rules import RuleContext, find_norm_rule, register_norm_rule, registered_norm_rules
 from .sampler import AdaptiveBatchSampler
 
 __all__ = [

@@ -11,7 +11,7 @@ How it works
 ------------
 The model is split into *units*: modules that own trainable parameters
 directly (``module._parameters``). A unit with no trainable descendants is a
-*layer* and gets its rule from the table in ``_rules`` (Linear, Conv1d/2d/3d,
+*layer* and gets its rule from the table in ``rules`` (Linear, Conv1d/2d/3d,
 Embedding, LayerNorm, RMSNorm, GroupNorm, eval-mode BatchNorm), else the
 generic fallback. A unit that also has trainable descendants (e.g.
 ``nn.MultiheadAttention``, whose forward uses ``out_proj.weight`` without
@@ -30,7 +30,7 @@ Fused convolutions (``fuse_conv=True``, the default): a convolution's norms
 need its per-example weight gradients, as many flops as the layer's own
 weight gradient; plain ``Conv1d/2d/3d`` units therefore compute them once and
 take the batch weight and bias gradients (``.grad``) to be their sums, instead
-of the hook above (see ``gdiv.torch._fused``: the module's class is swapped
+of the hook above (see ``gdiv.torch.rules.fused_conv``: the module's class is swapped
 for a subclass while attached; ``.grad`` equals PyTorch's to rounding; double
 backward, ``retain_graph``, autocast and torch.func run the plain path).
 
@@ -125,21 +125,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from . import _fused
-from ._rules import (
-    FUSED_TOTALS,
-    SEQUENCE_METHODS,
-    CaptureError,
-    NormsError,
-    RuleContext,
-    UnsupportedModuleError,
-    _conv_rule,
-    batch_norm_message,
-    conv_method,
-    conv_norms_and_grads,
-    find_norm_rule,
-    row_sq_norms,
-)
+from .errors import CaptureError, NormsError, UnsupportedModuleError, batch_norm_message
+from .rules import SEQUENCE_METHODS, RuleContext, find_norm_rule
+from .rules import fused_conv as _fused
+from .rules._common import row_sq_norms
+from .rules._registry import FUSED_TOTALS
+from .rules.conv import _conv_rule, conv_method, conv_norms_and_grads
 
 __all__ = ["PerExampleNorms", "per_example_grads", "trainable_parameters"]
 
@@ -357,13 +348,13 @@ class PerExampleNorms:
         fallback: use the ``torch.func`` fallback for units without a rule.
             False: raise at construction, naming every such unit.
         sequence_method: for Linear on sequences and convolutions, "gram",
-            "materialize" or "auto" (fewer flops; see ``_rules``).
+            "materialize" or "auto" (fewer flops; see ``rules``).
         workspace_bytes: soft cap on temporary memory per layer computation;
             the batch is processed in chunks (of at least one example) below it.
         fuse_conv: plain ``Conv1d/2d/3d`` layers compute their batch weight
             and bias gradients as the sums of the per-example gradients their
             norms need, instead of computing them a second time (see
-            ``gdiv.torch._fused``: their class is swapped for a subclass
+            ``gdiv.torch.rules.fused_conv``: their class is swapped for a subclass
             while attached; ``.grad`` equal to rounding). False: leave the
             modules alone (slower on conv models).
         attach: attach the hooks now (default). See :meth:`attach`.
@@ -653,7 +644,7 @@ class PerExampleNorms:
 
     def _fusing(self) -> bool:
         """Whether a fused convolution's forward should run the fused Function
-        now (see ``_fused``): the forward hooks will capture this call."""
+        now (see ``rules.fused_conv``): the forward hooks will capture this call."""
         return (
             self._attached
             and self._model.training
@@ -666,7 +657,7 @@ class PerExampleNorms:
         """The sink of a fused convolution's backward node: the call's norms
         and its batch (weight, bias) gradients as the sums of the per-example
         gradients; or None, after handing ``g`` to the ordinary hook path,
-        when fusing does not apply (see ``_fused``), and then the node
+        when fusing does not apply (see ``rules.fused_conv``), and then the node
         computes the gradients itself."""
         unit = rec.unit
         if rec.generation != self._generation or not self._attached:
