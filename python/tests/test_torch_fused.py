@@ -27,7 +27,7 @@ _CHECKOUT = str(Path(__file__).resolve().parents[1] / "gdiv")
 if "gdiv.torch" not in __import__("sys").modules and _CHECKOUT not in list(gdiv.__path__):
     gdiv.__path__.insert(0, _CHECKOUT)
 gtorch = importlib.import_module("gdiv.torch")
-norms_mod = importlib.import_module("gdiv.torch.norms")
+norms_mod = importlib.import_module("gdiv.torch.capture")
 fused = importlib.import_module("gdiv.torch.rules.fused_conv")
 rules = importlib.import_module("gdiv.torch.rules.conv")
 registry = importlib.import_module("gdiv.torch.rules._registry")

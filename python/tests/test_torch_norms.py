@@ -1149,7 +1149,7 @@ def test_per_example_grads_default_chunks(monkeypatch) -> None:
     assert sizes == [64, 6]
     sizes.clear()
     n_params = whole.shape[1]
-    monkeypatch.setattr(gtorch.norms, "_FULL_CHUNK_BYTES", 20 * n_params * 8)
+    monkeypatch.setattr(gtorch.full, "_FULL_CHUNK_BYTES", 20 * n_params * 8)
     got = per_example_grads(model, F.cross_entropy, x, y)
     assert sizes == [20, 20, 20, 10]
     torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-15)
