@@ -129,8 +129,8 @@ MIB = 1 << 20
 def import_gdiv():
     """(gdiv or None, the module with PerExampleNorms / per_example_grads /
     trainable_parameters, note). The package ``gdiv`` imports the Go extension
-    first; gdiv.torch.norms itself is pure PyTorch. Without the extension (gdiv
-    not pip-installed), load gdiv.torch.norms from python/ under bare package
+    first; gdiv.torch.capture and gdiv.torch.full are pure PyTorch. Without the
+    extension (gdiv not pip-installed), load them from python/ under bare package
     stubs (so neither package __init__ runs) and report that gdiv.stats is
     unavailable."""
     try:
@@ -149,9 +149,15 @@ def import_gdiv():
             stub = types.ModuleType(name)
             stub.__path__ = [path]
             sys.modules[name] = stub
-        gt = importlib.import_module("gdiv.torch.norms")
+        capture = importlib.import_module("gdiv.torch.capture")
+        full = importlib.import_module("gdiv.torch.full")
+        gt = types.SimpleNamespace(
+            PerExampleNorms=capture.PerExampleNorms,
+            per_example_grads=full.per_example_grads,
+            trainable_parameters=full.trainable_parameters,
+        )
         why = f"Go extension not importable: {type(e).__name__}"
-        return None, gt, f"gdiv.torch.norms from python/ ({why}; gdiv.stats not timed)"
+        return None, gt, f"gdiv.torch capture/full from python/ ({why}; gdiv.stats not timed)"
 
 
 # ------------------------------------------------------------------- worker ---

@@ -1,4 +1,4 @@
-"""Fused convolutions (gdiv.torch._fused): the batch gradient taken from the
+"""Fused convolutions (gdiv.torch.rules.fused_conv): the batch gradient taken from the
 per-example gradients the norms need.
 
 The oracle for gradients is plain PyTorch autograd on an identical copy of
@@ -27,9 +27,10 @@ _CHECKOUT = str(Path(__file__).resolve().parents[1] / "gdiv")
 if "gdiv.torch" not in __import__("sys").modules and _CHECKOUT not in list(gdiv.__path__):
     gdiv.__path__.insert(0, _CHECKOUT)
 gtorch = importlib.import_module("gdiv.torch")
-norms_mod = importlib.import_module("gdiv.torch.norms")
-fused = importlib.import_module("gdiv.torch._fused")
-rules = importlib.import_module("gdiv.torch._rules")
+norms_mod = importlib.import_module("gdiv.torch.capture")
+fused = importlib.import_module("gdiv.torch.rules.fused_conv")
+rules = importlib.import_module("gdiv.torch.rules.conv")
+registry = importlib.import_module("gdiv.torch.rules._registry")
 
 from gdiv.torch import CaptureError, PerExampleNorms, register_norm_rule  # noqa: E402
 from test_torch_norms import DTYPES, assert_norms, loop_sq_norms, smooth_loss  # noqa: E402
@@ -192,7 +193,7 @@ def test_swap_is_invisible_and_undone() -> None:
     assert type(conv) is fused.FusedConv2d and isinstance(conv, nn.Conv2d)
     assert repr(model) == before
     assert pen.units == {"0": "rule"}
-    assert rules.find_norm_rule(conv) is rules._conv_rule
+    assert registry.find_norm_rule(conv) is rules._conv_rule
     pen.attach()  # idempotent
     assert type(conv) is fused.FusedConv2d
     pen.remove()
@@ -264,7 +265,7 @@ def test_not_swapped(build) -> None:
 
 
 def test_user_rule_disables_fusion(monkeypatch) -> None:
-    monkeypatch.setattr(rules, "_RULES", dict(rules._RULES))
+    monkeypatch.setattr(registry, "_RULES", dict(registry._RULES))
 
     @register_norm_rule(nn.Conv2d)
     def mine(layer, inputs, g, ctx):

@@ -581,7 +581,7 @@ def test_per_example_conv_grads_both_methods(build, shape) -> None:
         (w,) = torch.autograd.grad(conv(x[i : i + 1]), conv.weight, g[i : i + 1])
         want.append(w)
     want = torch.stack(want)
-    rules = gtorch._rules
+    rules = gtorch.rules.conv
     xd, gd = x.detach(), g.detach()
     padded, padding = rules._pad_input(xd, conv, keep_symmetric_zeros=True)
     grouped = rules._conv_grads_grouped(conv, padded, gd, padding)
@@ -600,7 +600,7 @@ def test_row_sq_norms_precision(shape) -> None:
     g = torch.Generator().manual_seed(0)
     t = torch.randn(*shape, generator=g, dtype=torch.float64)
     want = t.reshape(shape[0], -1).square().sum(1)
-    row_sq_norms = gtorch._rules.row_sq_norms
+    row_sq_norms = gtorch.rules._common.row_sq_norms
     torch.testing.assert_close(row_sq_norms(t), want, rtol=1e-13, atol=0.0)
     got32 = row_sq_norms(t.float())
     assert got32.dtype == torch.float32
@@ -611,7 +611,7 @@ def test_row_sq_norms_precision(shape) -> None:
 
 
 def test_chunks_are_balanced() -> None:
-    chunks = gtorch._rules._chunks
+    chunks = gtorch.rules._common._chunks
     assert chunks(10, 1, 1, 100) == [slice(0, 10)]
     assert chunks(10, 1, 1, 4) == [slice(0, 3), slice(3, 6), slice(6, 10)]
     assert chunks(65, 1, 1, 64) == [slice(0, 32), slice(32, 65)]
@@ -622,7 +622,7 @@ def test_im2col_matches_unfold() -> None:
     conv = nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     want = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).transpose(1, 2)
-    torch.testing.assert_close(gtorch._rules.im2col(x, conv), want, rtol=0, atol=0)
+    torch.testing.assert_close(gtorch.rules.conv.im2col(x, conv), want, rtol=0, atol=0)
 
 
 def test_root_owning_parameters_warns_and_works() -> None:
@@ -647,7 +647,7 @@ def test_root_owning_parameters_warns_and_works() -> None:
 
 
 def test_register_rule_is_used(monkeypatch) -> None:
-    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    monkeypatch.setattr(gtorch.rules._registry, "_RULES", dict(gtorch.rules._registry._RULES))
     calls = []
 
     @register_norm_rule(Scale)
@@ -669,8 +669,8 @@ def test_register_rule_is_used(monkeypatch) -> None:
 def test_user_rule_for_linear_replaces_the_builtin_fast_path(monkeypatch) -> None:
     """The built-in Linear rule has a fused fast path for 2-D inputs; a rule the
     user registers for nn.Linear must be used instead of it."""
-    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
-    builtin = gtorch._rules._RULES[nn.Linear]
+    monkeypatch.setattr(gtorch.rules._registry, "_RULES", dict(gtorch.rules._registry._RULES))
+    builtin = gtorch.rules._registry._RULES[nn.Linear]
     calls = []
 
     @register_norm_rule(nn.Linear)
@@ -711,7 +711,7 @@ def test_linear_one_parameter_trainable(trainable: str) -> None:
     ids=["unknown", "shape", "missing"],
 )
 def test_bad_rule_output_refused(monkeypatch, bad, match) -> None:
-    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    monkeypatch.setattr(gtorch.rules._registry, "_RULES", dict(gtorch.rules._registry._RULES))
     register_norm_rule(Scale)(lambda layer, inputs, g, ctx: bad(g))
     model = nn.Sequential(nn.Linear(3, 4), Scale(4))
     with PerExampleNorms(model):
@@ -720,9 +720,9 @@ def test_bad_rule_output_refused(monkeypatch, bad, match) -> None:
 
 
 def test_settings_changed_after_attach_reach_the_rules(monkeypatch) -> None:
-    monkeypatch.setattr(gtorch._rules, "_RULES", dict(gtorch._rules._RULES))
+    monkeypatch.setattr(gtorch.rules._registry, "_RULES", dict(gtorch.rules._registry._RULES))
     seen = []
-    builtin = gtorch._rules._RULES[nn.Conv2d]
+    builtin = gtorch.rules._registry._RULES[nn.Conv2d]
 
     @register_norm_rule(nn.Conv2d)
     def conv_rule(layer, inputs, g, ctx):
@@ -1149,7 +1149,7 @@ def test_per_example_grads_default_chunks(monkeypatch) -> None:
     assert sizes == [64, 6]
     sizes.clear()
     n_params = whole.shape[1]
-    monkeypatch.setattr(gtorch.norms, "_FULL_CHUNK_BYTES", 20 * n_params * 8)
+    monkeypatch.setattr(gtorch.full, "_FULL_CHUNK_BYTES", 20 * n_params * 8)
     got = per_example_grads(model, F.cross_entropy, x, y)
     assert sizes == [20, 20, 20, 10]
     torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-15)

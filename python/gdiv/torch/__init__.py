@@ -18,21 +18,18 @@ Training loops (Go core through ``gdiv``):
 * :class:`AdaptiveBatchSampler` — a DataLoader ``batch_sampler`` whose
   batches follow the monitor's batch size (with or without replacement).
 
-See ``gdiv.torch.norms`` for the scaling conventions (``loss_reduction``) and
-``gdiv.torch.monitor`` for the loop.
+Modules: ``capture`` (norms mode), ``full`` (full mode), ``rules`` (the rule
+table, one module per layer family, ``rules.fused_conv``), ``fallback`` (the
+``torch.func`` fallback), ``errors``; ``monitor`` and ``sampler``. The scaling
+conventions (``loss_reduction``), hooks, fused convolutions, fallbacks and what
+is refused: python/README.md, "Per-example norms in PyTorch".
 """
 
-from ._rules import (
-    CaptureError,
-    NormsError,
-    RuleContext,
-    UnsupportedModuleError,
-    find_norm_rule,
-    register_norm_rule,
-    registered_norm_rules,
-)
+from .capture import PerExampleNorms
+from .errors import CaptureError, NormsError, UnsupportedModuleError
+from .full import per_example_grads, trainable_parameters
 from .monitor import RECORD_FIELDS, DiversityMonitor
-from .norms import PerExampleNorms, per_example_grads, trainable_parameters
+from .rules import RuleContext, find_norm_rule, register_norm_rule, registered_norm_rules
 from .sampler import AdaptiveBatchSampler
 
 __all__ = [

@@ -146,8 +146,9 @@ from ..errors import NonFiniteError, SumOverflowError
 from ..estimator import Estimator, batch_sums_from_scalars
 from ..mechanisms import Dropout, Langevin, Mechanism, Quantize
 from ..policy import LR_RULES, BatchSizePolicy
-from ._rules import CaptureError
-from .norms import PerExampleNorms, per_example_grads, trainable_parameters
+from .capture import PerExampleNorms
+from .errors import CaptureError
+from .full import per_example_grads, trainable_parameters
 
 __all__ = ["DiversityMonitor", "RECORD_FIELDS"]
 

@@ -1,336 +1,20 @@
-"""Per-layer rules: per-example squared gradient norms from activations.
-
-A rule computes, for one layer call, the per-example squared norm of the
-gradient of each of the layer's trainable parameters, from the layer's input
-activations ``A`` (captured by a forward hook) and the gradient ``G`` of the
-summed loss with respect to the layer's output (captured by a hook on
-the output). Nothing of size ``B × P`` is ever formed, except where a rule
-says so (the "materialize" branch below, one layer at a time, in chunks).
-
-Rules are registered in a table keyed by module type, after Opacus'
-``@register_grad_sampler``::
-
-    @register_norm_rule(nn.Linear)
-    def linear_rule(layer, inputs, grad_output, ctx) -> dict[str, Tensor]: ...
-
-and receive:
-
-    layer        the module,
-    inputs       its positional inputs (detached; floating tensors in
-                 ``ctx.dtype``; the batch dimension moved to dim 0),
-    grad_output  the gradient of the summed loss w.r.t. its single tensor
-                 output (``ctx.dtype``, batch at dim 0),
-    ctx          a :class:`RuleContext`,
-
-and return ``{parameter name: (B,) tensor}`` for the names in ``ctx.params``
-(the layer's trainable parameters). The caller sums the entries; scaling for
-the loss reduction is the caller's business (see ``norms.PerExampleNorms``).
-
-A rule registered for a class also serves its subclasses **unless the
-subclass overrides ``forward``** (then the rule might not describe what the
-subclass computes, and the generic ``torch.func`` fallback is used instead).
-
-Formulas (per example i; t, s index positions: sequence steps, or conv output
-positions after im2col; A_it ∈ R^{d_in}, G_it ∈ R^{d_out}):
-
-    Linear, one position:   ‖∇W‖² = ‖G_i‖² ‖A_i‖²        (rank one)
-                            ‖∇b‖² = ‖G_i‖²
-    Linear / conv, T > 1:   ∇W = Σ_t G_it A_itᵀ
-        Gram:               ‖∇W‖²_F = Σ_{t,s} (G_it·G_is)(A_it·A_is)
-                            cost ~ T²(d_in + d_out), memory T² per example
-        materialize:        form ∇W (d_out × d_in) per example
-                            cost ~ T d_in d_out, memory d_in d_out per example
-        auto picks Gram iff T (d_in + d_out) ≤ d_in d_out (fewer flops).
-                            ‖∇b‖² = ‖Σ_t G_it‖²
-    Conv, groups g:         the sum above over groups, with d_in = C_in/g · Πk,
-                            d_out = C_out/g. "materialize" forms the per-example
-                            weight gradients without im2col, by one grouped
-                            convolution backward with the batch folded into the
-                            channels (groups B·g), or, for layers with at most 4
-                            input channels per group (first layers, where oneDNN's
-                            grouped kernels are slow), by im2col (one strided
-                            copy, plus a row of ones that yields the bias
-                            gradients) and a batched matrix product; in chunks
-                            of the batch whose temporaries are no larger than
-                            the layer's input or output gradient (see
-                            conv_per_example). Gram uses the same im2col. The
-                            fused path (_fused) also sums the per-example
-                            gradients into the batch gradient.
-    Embedding:              ‖∇E‖² = Σ_v ‖Σ_{t: idx_it = v} G_it‖², v ≠ padding_idx
-    LayerNorm / RMSNorm /   x̂ = the normalized input (recomputed from A),
-    GroupNorm / BatchNorm   ∇γ = Σ_{positions} G_i ⊙ x̂_i, ∇β = Σ_{positions} G_i
-    (eval mode only for BatchNorm: in train mode it couples the examples of a
-    batch and per-example gradients do not exist; see ``norms``.)
-
-Sums of squares over rows use ``torch.linalg.vector_norm`` (one pass, no
-temporary; per block on long rows, see ``row_sq_norms``), then square the norm.
-"""
+"""The rule for ``nn.Conv1d/2d/3d``: im2col, per-example weight gradients (im2col
++ bmm, or one grouped convolution backward) in chunks under a memory budget,
+the Gram trick; and the helpers the fused convolutions share."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "NormsError",
-    "UnsupportedModuleError",
-    "CaptureError",
-    "RuleContext",
-    "NormRule",
-    "SEQUENCE_METHODS",
-    "register_norm_rule",
-    "find_norm_rule",
-    "registered_norm_rules",
-]
-
-
-# ------------------------------------------------------------------ errors ---
-
-
-class NormsError(RuntimeError):
-    """Base class of the errors raised by ``gdiv.torch`` per-example capture."""
-
-
-class UnsupportedModuleError(NormsError):
-    """A module whose per-example gradients cannot be computed (no rule and no
-    fallback, the fallback failed, BatchNorm in train mode, ...). The message
-    names the module by type and qualified name."""
-
-
-class CaptureError(NormsError):
-    """Norms were asked for in a state where none are available or they would
-    be wrong (no backward yet, eval-mode backward, backward twice, a
-    parameter that received a gradient outside its module's forward, ...)."""
-
-
-# ----------------------------------------------------------------- the table ---
-
-SEQUENCE_METHODS = ("auto", "gram", "materialize")
-
-
-@dataclasses.dataclass(frozen=True)
-class RuleContext:
-    """What a rule needs besides the tensors.
-
-    Attributes:
-        params: names (as in ``layer.named_parameters(recurse=False)``) of the
-            trainable parameters to compute; others may be skipped.
-        sequence_method: "auto", "gram" or "materialize" (see the module doc).
-        workspace_bytes: soft cap on temporary memory; rules process the
-            batch in chunks to stay under it (a chunk is at least 1 example).
-        dtype: the compute dtype (float32, or float64 for float64 models).
-        name: the layer's qualified name, for error messages.
-    """
-
-    params: FrozenSet[str]
-    sequence_method: str = "auto"
-    workspace_bytes: int = 256 << 20
-    dtype: torch.dtype = torch.float32
-    name: str = ""
-
-
-NormRule = Callable[[nn.Module, Tuple[Tensor, ...], Tensor, RuleContext], Dict[str, Tensor]]
-
-_RULES: Dict[Type[nn.Module], NormRule] = {}
-
-
-def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[NormRule], NormRule]:
-    """Register ``fn`` as the per-example squared-norm rule of ``module_types``.
-
-    Example:
-        >>> @register_norm_rule(MyScale)
-        ... def scale_rule(layer, inputs, grad_output, ctx):
-        ...     x, g = inputs[0], grad_output           # (B, d), (B, d)
-        ...     return {"weight": (g * x).square().sum(1)}
-
-    A later registration for the same type replaces the earlier one.
-    """
-    if not module_types:
-        raise TypeError("register_norm_rule needs at least one module type")
-    for t in module_types:
-        if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise TypeError(f"register_norm_rule: {t!r} is not an nn.Module subclass")
-
-    def deco(fn: NormRule) -> NormRule:
-        for t in module_types:
-            _RULES[t] = fn
-        return fn
-
-    return deco
-
-
-# The parameters each built-in rule computes. A module of such a type that
-# owns other parameters (torch.nn.utils.prune's weight_orig, the old
-# weight_norm's weight_g / weight_v: the weight is computed from them in a
-# forward pre-hook) gets the torch.func fallback instead (find_norm_rule).
-_RULE_PARAMS: Dict[NormRule, FrozenSet[str]] = {}
-
-
-def find_norm_rule(module: nn.Module) -> Optional[NormRule]:
-    """The rule for ``module``: its type's, else the nearest registered base
-    class whose ``forward`` the module's class does not override; else None."""
-    cls = type(module)
-    cls = cls.__dict__.get("_gdiv_unfused", cls)  # a class swapped in by _fused: its base's rule
-    rule = _RULES.get(cls)
-    if rule is None:
-        for base in cls.__mro__[1:]:
-            if base in _RULES and cls.forward is base.forward:
-                rule = _RULES[base]
-                break
-    known = _RULE_PARAMS.get(rule) if rule is not None else None
-    if known is not None and not set(module._parameters) <= known:
-        return None
-    return rule
-
-
-def registered_norm_rules() -> Dict[Type[nn.Module], NormRule]:
-    """A copy of the rule table."""
-    return dict(_RULES)
-
-
-# ------------------------------------------------------------- shared helpers ---
-
-
-# row_sq_norms: rows longer than _NORM_DIRECT elements are normed per block of
-# _NORM_BLOCK elements.
-_NORM_DIRECT = 1 << 14
-_NORM_BLOCK = 1 << 11
-
-
-def row_sq_norms(t: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    """(N,) squared Euclidean norms of the rows of ``t`` (N, ...), squared and
-    summed in ``dtype`` (default: t's dtype).
-
-    ``torch.linalg.vector_norm`` is one pass with no temporary: on large
-    tensors an order of magnitude faster than ``t.square().sum(1)`` (a
-    (256, 669706) float32 matrix: 23 ms against 283 ms). Its float32
-    accumulation loses precision as rows grow (relative error of the squared
-    norm 3e-7 at 784 elements, 7e-7 at 16k, 1.7e-5 at 670k, where
-    ``square().sum`` stays at 1.5e-7), so rows longer than _NORM_DIRECT are
-    normed per block of _NORM_BLOCK elements and the blocks' squares summed
-    in ``dtype`` (2e-8 at 670k)."""
-    n = t.shape[0]
-    if t.dim() != 2:
-        t = t.reshape(n, -1)
-    dtype = dtype or t.dtype
-    d = t.shape[1]
-    if d <= _NORM_DIRECT:
-        return torch.linalg.vector_norm(t, dim=1).to(dtype).square()
-    full = d - d % _NORM_BLOCK
-    blocks = torch.linalg.vector_norm(t[:, :full].reshape(n, -1, _NORM_BLOCK), dim=2)
-    sq = blocks.to(dtype).square().sum(1)
-    if full < d:
-        sq += torch.linalg.vector_norm(t[:, full:], dim=1).to(dtype).square()
-    return sq
-
-
-def _chunks(n: int, per_item_elems: int, itemsize: int, workspace_bytes: int) -> List[slice]:
-    """Slices of range(n), each of at most workspace_bytes // (per_item_elems ·
-    itemsize) items (at least 1), as few as that allows and of equal sizes
-    (±1)."""
-    step = max(1, int(workspace_bytes // max(1, per_item_elems * itemsize)))
-    if step >= n:
-        return [slice(0, n)]
-    count = -(-n // step)
-    bounds = [n * k // count for k in range(count + 1)]
-    return [slice(bounds[k], bounds[k + 1]) for k in range(count)]
-
-
-def sq_norm_of_outer_sums(a: Tensor, g: Tensor, ctx: RuleContext, method: Optional[str] = None) -> Tensor:
-    """For each n: ‖Σ_t g[n, t] a[n, t]ᵀ‖²_F, with a (N, T, d_in), g (N, T, d_out).
-
-    T = 1 uses the rank-one identity; T > 1 uses the Gram trick or forms the
-    matrix, by ``method`` (default ``ctx.sequence_method``; auto: whichever
-    needs fewer flops).
-    """
-    n, t, d_in = a.shape
-    d_out = g.shape[2]
-    if t == 1:
-        return row_sq_norms(g) * row_sq_norms(a)
-    method = method or ctx.sequence_method
-    if method == "auto":
-        method = "gram" if t * (d_in + d_out) <= d_in * d_out else "materialize"
-    out = a.new_empty(n)
-    if method == "gram":
-        for sl in _chunks(n, 2 * t * t, a.element_size(), ctx.workspace_bytes):
-            ga = torch.bmm(g[sl], g[sl].transpose(1, 2))  # (b, T, T)
-            aa = torch.bmm(a[sl], a[sl].transpose(1, 2))
-            out[sl] = (ga * aa).sum((1, 2))
-    elif method == "materialize":
-        for sl in _chunks(n, d_in * d_out, a.element_size(), ctx.workspace_bytes):
-            w = torch.bmm(g[sl].transpose(1, 2), a[sl])  # (b, d_out, d_in)
-            out[sl] = row_sq_norms(w)
-    else:  # validated by the caller; keep the error for direct use
-        raise ValueError(f"sequence_method must be one of {SEQUENCE_METHODS}, got {method!r}")
-    return out
-
-
-def _need_batched(x: Tensor, min_dim: int, layer: nn.Module, ctx: RuleContext) -> None:
-    if x.dim() < min_dim:
-        raise UnsupportedModuleError(
-            f"gdiv.torch: module '{ctx.name}' ({type(layer).__name__}) got an input of shape "
-            f"{tuple(x.shape)}; per-example norms need a batch dimension "
-            f"(an input of at least {min_dim} dimensions)"
-        )
-
-
-# ------------------------------------------------------------------- Linear ---
-
-
-@register_norm_rule(nn.Linear)
-def _linear_rule(layer: nn.Linear, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-    a = inputs[0]
-    _need_batched(a, 2, layer, ctx)
-    out = {}
-    if a.dim() == 2:  # one position per example (the common case): rank one
-        gsq = row_sq_norms(g)
-        if "weight" in ctx.params:
-            out["weight"] = gsq * row_sq_norms(a)
-        if "bias" in ctx.params:
-            out["bias"] = gsq
-        return out
-    b = a.shape[0]
-    a = a.reshape(b, -1, a.shape[-1])  # (B, T, d_in)
-    g = g.reshape(b, -1, g.shape[-1])
-    if "weight" in ctx.params:
-        out["weight"] = sq_norm_of_outer_sums(a, g, ctx)
-    if "bias" in ctx.params:
-        out["bias"] = row_sq_norms(g.sum(1))
-    return out
-
-
-def _linear_total(layer: nn.Linear, inputs, g: Tensor, ctx: RuleContext) -> Optional[Tensor]:
-    """:func:`_linear_rule`'s entries summed, (B,) float64, in fewer ops, for
-    2-D inputs (one position per example): ‖G_i‖² ‖A_i‖² (weight) + ‖G_i‖²
-    (bias). None for other inputs (then the rule runs)."""
-    a = inputs[0]
-    if a.dim() != 2:
-        return None
-    g_sq = row_sq_norms(g)
-    if "weight" not in ctx.params:
-        total = g_sq
-    elif "bias" in ctx.params:
-        total = torch.addcmul(g_sq, g_sq, row_sq_norms(a))
-    else:
-        total = g_sq.mul_(row_sq_norms(a))
-    return total.to(torch.float64)
-
-
-# Internal: rule -> a faster function for callers that only need the sum of
-# the rule's entries (the unit's total): fn(layer, inputs, grad_output, ctx)
-# -> (B,) float64, or None for the cases it does not cover (then the rule
-# runs). Keyed by the rule function: a rule the user registers for nn.Linear
-# replaces the built-in one in the table, and with it this.
-FUSED_TOTALS: Dict[NormRule, Callable[..., Optional[Tensor]]] = {_linear_rule: _linear_total}
-
-
-# --------------------------------------------------------------------- Conv ---
+from ._common import _chunks, _need_batched, row_sq_norms, sq_norm_of_outer_sums
+from ._registry import _RULE_PARAMS, RuleContext, register_norm_rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +22,7 @@ class ConvGeometry:
     """What the convolution helpers below read of a conv layer, as tuples
     (:func:`conv_geometry`; a layer's attributes may be plain ints, which
     PyTorch's forward accepts). ``padding`` is a tuple of numbers or "same" /
-    "valid", as on the layer. The fused path (``_fused``) makes one for the
+    "valid", as on the layer. The fused path (``fused_conv``) makes one for the
     ``aten.convolution`` it runs on an input it may have padded itself
     (symmetric zero padding, numbers)."""
 
@@ -657,7 +341,7 @@ def conv_per_example(
     ``layer`` is the conv module, with ``x`` its input as its forward received
     it (padding is applied here as the forward applies it), or a
     :class:`ConvGeometry`, with ``x`` as ``aten.convolution`` received it
-    (the fused path, ``_fused``). Layers with at most _UNFOLD_MAX_CHANNELS
+    (the fused path, ``fused_conv``). Layers with at most _UNFOLD_MAX_CHANNELS
     input channels per group: im2col (one copy of a strided view of the
     input, plus a row of ones for the bias) and one batched matrix product
     with g; the others: one grouped convolution backward with the batch
@@ -726,7 +410,7 @@ def conv_per_example(
 def conv_norms_and_grads(
     geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """For the fused path (``_fused``), when :func:`conv_method` is
+    """For the fused path (``fused_conv``), when :func:`conv_method` is
     "materialize": the per-example squared norms of the weight plus (with
     ``bias``) the bias gradients, float64 (B,), and the batch gradients of
     the weight and bias (or None) as the sums of the per-example gradients
@@ -767,119 +451,4 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleCont
     return out
 
 
-# ---------------------------------------------------------------- Embedding ---
-
-
-@register_norm_rule(nn.Embedding)
-def _embedding_rule(layer: nn.Embedding, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-    if layer.scale_grad_by_freq:
-        raise UnsupportedModuleError(
-            f"gdiv.torch: module '{ctx.name}' (Embedding) has scale_grad_by_freq=True, which scales "
-            "gradients by token counts over the whole batch, so per-example gradients are not defined; "
-            "use scale_grad_by_freq=False"
-        )
-    idx = inputs[0]
-    _need_batched(idx, 1, layer, ctx)
-    if "weight" not in ctx.params:
-        return {}
-    b = idx.shape[0]
-    idx = idx.reshape(b, -1)
-    dim = g.shape[-1]
-    g = g.reshape(-1, dim)
-    vocab = layer.num_embeddings
-    example = torch.arange(b, device=idx.device).unsqueeze(1).expand_as(idx)
-    keys = (example * vocab + idx).reshape(-1)
-    if layer.padding_idx is not None:  # its row never receives a gradient
-        keep = idx.reshape(-1) != layer.padding_idx
-        keys, g = keys[keep], g[keep]
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    rows = g.new_zeros(uniq.shape[0], dim).index_add_(0, inverse, g)  # Σ_t over equal (i, v)
-    return {"weight": g.new_zeros(b).index_add_(0, uniq // vocab, rows.square().sum(1))}
-
-
-# ---------------------------------------------------------- normalization ---
-
-
-def _affine_norms(layer, g: Tensor, xhat: Tensor, channel_shape: Sequence[int], ctx: RuleContext) -> Dict[str, Tensor]:
-    """γ, β of an elementwise affine after normalization. ``g`` and ``xhat`` are
-    arranged (B, R, *channel_shape); R indexes the positions summed over."""
-    b = g.shape[0]
-    g = g.reshape(b, -1, *channel_shape)
-    out = {}
-    if "weight" in ctx.params:
-        out["weight"] = (g * xhat.reshape(g.shape)).sum(1).reshape(b, -1).square().sum(1)
-    if "bias" in ctx.params:
-        out["bias"] = g.sum(1).reshape(b, -1).square().sum(1)
-    return out
-
-
-@register_norm_rule(nn.LayerNorm)
-def _layer_norm_rule(layer: nn.LayerNorm, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-    x = inputs[0]
-    shape = tuple(layer.normalized_shape)
-    _need_batched(x, len(shape) + 1, layer, ctx)
-    xhat = F.layer_norm(x, shape, None, None, layer.eps)
-    return _affine_norms(layer, g, xhat, shape, ctx)
-
-
-if hasattr(nn, "RMSNorm"):  # torch >= 2.4
-
-    @register_norm_rule(nn.RMSNorm)
-    def _rms_norm_rule(layer, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-        x = inputs[0]
-        shape = tuple(layer.normalized_shape)
-        _need_batched(x, len(shape) + 1, layer, ctx)
-        xhat = F.rms_norm(x, shape, None, layer.eps)
-        return _affine_norms(layer, g, xhat, shape, ctx)
-
-
-def _channels_last(t: Tensor) -> Tensor:
-    """(B, C, *S) -> (B, ΠS, C)."""
-    return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2)
-
-
-@register_norm_rule(nn.GroupNorm)
-def _group_norm_rule(layer: nn.GroupNorm, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-    x = inputs[0]
-    _need_batched(x, 2, layer, ctx)
-    xhat = F.group_norm(x, layer.num_groups, None, None, layer.eps)
-    return _affine_norms(layer, _channels_last(g), _channels_last(xhat), (x.shape[1],), ctx)
-
-
-@register_norm_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-def _batch_norm_eval_rule(layer: nn.modules.batchnorm._BatchNorm, inputs, g: Tensor, ctx: RuleContext) -> Dict[str, Tensor]:
-    # Train-mode BatchNorm is refused before its forward runs (norms.py); this
-    # rule sees only the running-statistics (eval) case, which is per example.
-    if layer.training or layer.running_mean is None:
-        raise UnsupportedModuleError(batch_norm_message(layer, ctx.name))
-    x = inputs[0]
-    _need_batched(x, 2, layer, ctx)
-    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-    mean = layer.running_mean.to(ctx.dtype).reshape(shape)
-    var = layer.running_var.to(ctx.dtype).reshape(shape)
-    xhat = (x - mean) / torch.sqrt(var + layer.eps)
-    return _affine_norms(layer, _channels_last(g), _channels_last(xhat), (x.shape[1],), ctx)
-
-
-def batch_norm_message(layer: nn.Module, name: str) -> str:
-    return (
-        f"gdiv.torch: module '{name}' ({type(layer).__name__}) is in train mode and normalizes with "
-        "batch statistics, which couple the examples of a batch: per-example gradients are not "
-        "defined (for this layer and every layer before it). Use GroupNorm or LayerNorm, or put "
-        "the BatchNorm layers in eval mode (running statistics; e.g. `m.eval()` for each BatchNorm "
-        "after `model.train()`), or remove the per-example hooks for this model."
-    )
-
-
-_RULE_PARAMS.update(
-    {
-        _linear_rule: frozenset({"weight", "bias"}),
-        _conv_rule: frozenset({"weight", "bias"}),
-        _embedding_rule: frozenset({"weight"}),
-        _layer_norm_rule: frozenset({"weight", "bias"}),
-        _group_norm_rule: frozenset({"weight", "bias"}),
-        _batch_norm_eval_rule: frozenset({"weight", "bias"}),
-    }
-)
-if hasattr(nn, "RMSNorm"):
-    _RULE_PARAMS[_rms_norm_rule] = frozenset({"weight"})
+_RULE_PARAMS[_conv_rule] = frozenset({"weight", "bias"})

@@ -1,43 +1,7 @@
-"""Fused convolutions: one computation for the norms and the batch gradient.
-
-A convolution's per-example squared weight-gradient norms need its
-per-example weight gradients (``_rules``): as many flops as the layer's own
-weight gradient, which the layer's backward then computes a second time.
-With ``PerExampleNorms(model, fuse_conv=True)`` (the default) each plain
-``nn.Conv1d/2d/3d`` unit computes them once: its backward takes the weight
-(and bias) gradient to be the *sum* of the per-example gradients whose norms
-it hands to PerExampleNorms, and computes the input gradient as PyTorch does.
-The batch gradient is the same sum in another order (float32: equal to
-rounding, ~1e-6 relative; float64: ~1e-15).
-
-How. While the hooks are attached, the module's class is swapped for a
-subclass (``FusedConv2d``; ``isinstance`` and ``repr`` unchanged, ``type(m)
-is nn.Conv2d`` is not) whose forward runs :class:`_FusedConv`, an autograd
-Function, when its PerExampleNorms is capturing (train mode, gradients on,
-the module's own trainable ``weight`` Parameter — not one computed by
-pruning or weight_norm, whose modules are not swapped at all —, a batched
-float32/float64 input of the weight's dtype, no autocast, no torch.func
-transform, no forward-mode AD, not compiling or tracing), and the plain
-forward otherwise. ``remove()`` (or dropping the PerExampleNorms) restores
-the class; copies (``copy.deepcopy``, pickling) of a swapped module are of
-the original class. The forward hook hands the call's record to the
-Function's backward node, which then computes
-
-    grad_input    aten.convolution_backward, input only (as PyTorch does),
-    grad_weight   Σ_i per-example weight gradients (the norms' by-product),
-    grad_bias     Σ_i per-example bias gradients,
-
-when the rule would materialize per-example gradients anyway
-(``conv_method`` "materialize", the unit called once, one backward).
-Otherwise — a second backward over the graph (``retain_graph``), a backward
-with ``create_graph=True`` (double backward: the plain formulas, which are
-differentiable), the Gram method, a module called twice, a stale graph — it
-computes all three as PyTorch does and the norms come from the ordinary rule.
-
-Everything else about gradients is unchanged: ``.grad`` accumulates through
-the parameters' ``AccumulateGrad`` nodes, so parameter hooks, DDP's reducer
-and ``torch.autograd.grad`` see the same tensors.
-"""
+"""Fused convolutions: one computation for a convolution's per-example norms
+and its batch gradient, by swapping a plain ``Conv1d/2d/3d``'s class for a
+subclass whose backward takes ``.grad`` from the norms' by-product. When it
+applies and what is unchanged: python/README.md, "Fused convolutions"."""
 
 from __future__ import annotations
 
@@ -50,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._rules import ConvGeometry, conv_geometry, conv_padding
+from .conv import ConvGeometry, conv_geometry, conv_padding
 
 __all__ = ["bind", "unbind", "bound_owner", "fusable_module", "FUSED_NODE"]
 
 
 class _FusedConv(torch.autograd.Function):
     """conv(x, weight, bias) whose backward can take the batch weight and bias
-    gradients from a sink (see the module doc). ``ctx.sink`` is set by the
+    gradients from a sink (python/README.md, "Fused convolutions"). ``ctx.sink`` is set by the
     forward hook after the call: ``sink(x, g, geom, need_bias) -> (gw, gb) |
     None`` (None: compute them here)."""
 
@@ -133,7 +97,7 @@ def _geometry(layer: nn.modules.conv._ConvNd) -> Optional[ConvGeometry]:
 
 
 class _FusedConvMixin:
-    """The forward of the swapped-in classes (see the module doc)."""
+    """The forward of the swapped-in classes (python/README.md, "Fused convolutions")."""
 
     _gdiv_unfused: type  # the original class (its rule, its repr name)
 

@@ -1,0 +1,112 @@
+"""The rule table: per-layer rules keyed by module type (after Opacus'
+``@register_grad_sampler``), their context, and the lookup that serves
+subclasses. What a rule receives and returns: python/README.md, "Per-layer
+rules"."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, FrozenSet, Optional, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "RuleContext",
+    "NormRule",
+    "SEQUENCE_METHODS",
+    "register_norm_rule",
+    "find_norm_rule",
+    "registered_norm_rules",
+]
+
+SEQUENCE_METHODS = ("auto", "gram", "materialize")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleContext:
+    """What a rule needs besides the tensors.
+
+    Attributes:
+        params: names (as in ``layer.named_parameters(recurse=False)``) of the
+            trainable parameters to compute; others may be skipped.
+        sequence_method: "auto", "gram" or "materialize" (python/README.md, "Formulas").
+        workspace_bytes: soft cap on temporary memory; rules process the
+            batch in chunks to stay under it (a chunk is at least 1 example).
+        dtype: the compute dtype (float32, or float64 for float64 models).
+        name: the layer's qualified name, for error messages.
+    """
+
+    params: FrozenSet[str]
+    sequence_method: str = "auto"
+    workspace_bytes: int = 256 << 20
+    dtype: torch.dtype = torch.float32
+    name: str = ""
+
+
+NormRule = Callable[[nn.Module, Tuple[Tensor, ...], Tensor, RuleContext], Dict[str, Tensor]]
+
+_RULES: Dict[Type[nn.Module], NormRule] = {}
+
+
+def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[NormRule], NormRule]:
+    """Register ``fn`` as the per-example squared-norm rule of ``module_types``.
+
+    Example:
+        >>> @register_norm_rule(MyScale)
+        ... def scale_rule(layer, inputs, grad_output, ctx):
+        ...     x, g = inputs[0], grad_output           # (B, d), (B, d)
+        ...     return {"weight": (g * x).square().sum(1)}
+
+    A later registration for the same type replaces the earlier one.
+    """
+    if not module_types:
+        raise TypeError("register_norm_rule needs at least one module type")
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"register_norm_rule: {t!r} is not an nn.Module subclass")
+
+    def deco(fn: NormRule) -> NormRule:
+        for t in module_types:
+            _RULES[t] = fn
+        return fn
+
+    return deco
+
+
+# The parameters each built-in rule computes. A module of such a type that
+# owns other parameters (torch.nn.utils.prune's weight_orig, the old
+# weight_norm's weight_g / weight_v: the weight is computed from them in a
+# forward pre-hook) gets the torch.func fallback instead (find_norm_rule).
+_RULE_PARAMS: Dict[NormRule, FrozenSet[str]] = {}
+
+
+def find_norm_rule(module: nn.Module) -> Optional[NormRule]:
+    """The rule for ``module``: its type's, else the nearest registered base
+    class whose ``forward`` the module's class does not override; else None."""
+    cls = type(module)
+    cls = cls.__dict__.get("_gdiv_unfused", cls)  # a class swapped in by fused_conv: its base's rule
+    rule = _RULES.get(cls)
+    if rule is None:
+        for base in cls.__mro__[1:]:
+            if base in _RULES and cls.forward is base.forward:
+                rule = _RULES[base]
+                break
+    known = _RULE_PARAMS.get(rule) if rule is not None else None
+    if known is not None and not set(module._parameters) <= known:
+        return None
+    return rule
+
+
+def registered_norm_rules() -> Dict[Type[nn.Module], NormRule]:
+    """A copy of the rule table."""
+    return dict(_RULES)
+
+
+# Internal: rule -> a faster function for callers that only need the sum of
+# the rule's entries (the unit's total): fn(layer, inputs, grad_output, ctx)
+# -> (B,) float64, or None for the cases it does not cover (then the rule
+# runs). Keyed by the rule function: a rule the user registers for nn.Linear
+# replaces the built-in one in the table, and with it this. Filled by the
+# rule modules (linear).
+FUSED_TOTALS: Dict[NormRule, Callable[..., Optional[Tensor]]] = {}
