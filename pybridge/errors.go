@@ -36,14 +36,22 @@ var tags = []struct {
 }
 
 // tagged prefixes err's message with the tag of its sentinel ("[param] ..."),
-// or "[internal]" when err wraps none. nil stays nil.
+// or "[internal]" when err wraps none. When err holds a *gdiv.FieldError
+// the tag carries the field's name ("[param:min_batch] ..."): the name is
+// data, set where the error is made, never parsed from the message. nil
+// stays nil.
 func tagged(err error) error {
 	if err == nil {
 		return nil
 	}
+	field := ""
+	var fe *gdiv.FieldError
+	if errors.As(err, &fe) {
+		field = ":" + fe.Field
+	}
 	for _, t := range tags {
 		if errors.Is(err, t.err) {
-			return fmt.Errorf("[%s] %w", t.tag, err)
+			return fmt.Errorf("[%s%s] %w", t.tag, field, err)
 		}
 	}
 	return fmt.Errorf("[internal] %w", err)

@@ -106,7 +106,7 @@ func TestPolicyErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		err := c.call()
-		if err == nil || !strings.HasPrefix(err.Error(), "[param] ") || !strings.Contains(err.Error(), c.want) {
+		if err == nil || errTag(err) != "param" || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want a [param] error mentioning %q", c.name, err, c.want)
 		}
 	}
