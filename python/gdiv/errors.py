@@ -124,7 +124,9 @@ _BY_CODE: dict[str, type[GdivError]] = {
 
 
 def translate(err: RuntimeError) -> Exception:
-    """Map a bridge error ("[tag] message") to the exception a user sees.
+    """Map a bridge error ("[tag] message", or "[tag:field] message" when Go
+    names the setting, as data) to the exception a user sees. A named field
+    leads the message ("min_batch: ...") and is kept as ``err.field``.
 
     Exceptions of other types (ForkError from the fork guard) pass unchanged.
     """
@@ -133,10 +135,15 @@ def translate(err: RuntimeError) -> Exception:
     msg = str(err)
     if msg.startswith("[") and "] " in msg:
         tag, _, text = msg[1:].partition("] ")
+        tag, _, field = tag.partition(":")
+        if field:
+            text = f"{field}: {text}"
         if tag == "type":
-            return TypeError(text)
-        cls = _BY_CODE.get(tag)
-        if cls is not None:
-            return cls(text)
-        return RuntimeError(text)
+            out: Exception = TypeError(text)
+        else:
+            cls = _BY_CODE.get(tag)
+            out = cls(text) if cls is not None else RuntimeError(text)
+        if field:
+            out.field = field  # type: ignore[attr-defined]
+        return out
     return RuntimeError(msg)

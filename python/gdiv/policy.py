@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import math
 import operator
-import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._bridge import lib
@@ -48,33 +47,6 @@ LR_RULES: Tuple[str, ...] = ("none", "linear", "sqrt")
 _FIELDS = ("delta", "min_batch", "max_batch", "multiple_of", "hysteresis", "max_growth", "warmup", "lr_rule")
 _Buf = ctypes.c_double * 8
 _addressof = ctypes.addressof
-
-# Go names a field in its messages ("batch-size policy min batch = ..."):
-# the Python name goes in front of the message.
-_GO_FIELDS = (
-    ("no multiple of", "multiple_of"),
-    ("delta", "delta"),
-    ("min batch", "min_batch"),
-    ("max batch", "max_batch"),
-    ("multiple of", "multiple_of"),
-    ("hysteresis", "hysteresis"),
-    ("max growth", "max_growth"),
-    ("warmup", "warmup"),
-    ("LR rule", "lr_rule"),
-)
-_GO_FIELD_RE = re.compile(r"batch-size policy:? (.*)")
-
-
-def _field_of(msg: str) -> Optional[str]:
-    m = _GO_FIELD_RE.search(msg)
-    if m is None:
-        return None
-    rest = m.group(1)
-    for phrase, name in _GO_FIELDS:
-        if rest.startswith(phrase):
-            return name
-    return None
-
 
 def _int(name: str, v: Any) -> int:
     if isinstance(v, bool):
@@ -127,11 +99,7 @@ def _validated(values: Tuple[float, ...]) -> Any:
     try:
         lib.PolicyValidate(_addressof(buf))
     except RuntimeError as e:
-        err = translate(e)
-        field = _field_of(str(err))
-        if field is not None and isinstance(err, ParamError):
-            raise ParamError(f"{field}: {err}") from None
-        raise err from None
+        raise translate(e) from None  # "[param:min_batch] ...": Go names the field
     return buf
 
 
