@@ -194,7 +194,7 @@ func NewController(s ControllerSettings) (*Controller, error) {
 	case s.DatasetSize < 0:
 		return nil, fieldErr("dataset_size", "dataset size = %d, want ≥ 1 (0 means unknown)", s.DatasetSize)
 	case s.Sampling == Shuffle && s.DatasetSize == 0:
-		return nil, fieldErr("sampling", "sampling without replacement (shuffle) needs the dataset size n")
+		return nil, fieldErr("sampling", "sampling without replacement (shuffle) needs the dataset size n (dataset_size)")
 	case !(s.EstimatorBeta >= 0 && s.EstimatorBeta < 1):
 		return nil, fieldErr("estimator_beta", "estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
 	case s.Batch < 0:
@@ -219,7 +219,7 @@ func NewController(s ControllerSettings) (*Controller, error) {
 		pol.MaxBatch = max(s.DatasetSize, pol.MinBatch)
 	}
 	if s.Sampling == Shuffle && pol.MaxBatch > s.DatasetSize {
-		return nil, fieldErr("max_batch", "policy max batch = %d exceeds the %d examples, which sampling without replacement cannot draw", pol.MaxBatch, s.DatasetSize)
+		return nil, fieldErr("max_batch", "policy max batch = %d exceeds the %d examples (dataset_size), which sampling without replacement cannot draw", pol.MaxBatch, s.DatasetSize)
 	}
 	if err := pol.Validate(); err != nil {
 		return nil, fmt.Errorf("policy (min batch raised to 2, max batch defaulting to the dataset size %d): %w", s.DatasetSize, err)
@@ -304,21 +304,22 @@ func (c *Controller) SetState(s ControllerState) error {
 // LRFactor returns ScaleLR(LR, 1, B₀, batch) for a MeanStep loop (1 for
 // SumStep), B₀ the first observed batch (batch itself before the first
 // observation). It panics if batch < 1.
-func (c *Controller) LRFactor(batch int) float64 { return c.ScaleLR(1, batch) }
-
-// ScaleLR returns ScaleLR(LR, lr0, B₀, batch) for a MeanStep loop and lr0
-// for SumStep: the learning rate of a step with the given batch, lr0 the
-// rate at B₀. It panics if batch < 1.
-func (c *Controller) ScaleLR(lr0 float64, batch int) float64 {
+func (c *Controller) LRFactor(batch int) float64 {
 	if c.set.Step != MeanStep {
-		return lr0
+		return 1
 	}
 	b0 := c.state.FirstBatch
 	if b0 == 0 {
 		b0 = batch
 	}
-	return ScaleLR(c.set.LR, lr0, b0, batch)
+	return ScaleLR(c.set.LR, 1, b0, batch)
 }
+
+// ScaleLR returns lr0·LRFactor(batch): the learning rate of a step with the
+// given batch, lr0 the rate at B₀. Every adapter multiplies its initial
+// rates by Decision.LRFactor, so the trainer does the same (bit for bit).
+// It panics if batch < 1.
+func (c *Controller) ScaleLR(lr0 float64, batch int) float64 { return lr0 * c.LRFactor(batch) }
 
 // StepSeed returns the seed of the mechanism draws of step k (1-based): a
 // fixed function of (Seed, k) — the first output of

@@ -37,12 +37,12 @@ func readPolicy(addr uintptr) (gdiv.BatchSizePolicy, error) {
 	v := outBuf(addr, policyLen)
 	var ints [5]int
 	for i, f := range []struct {
-		name string
-		at   int
-	}{{"min batch", 1}, {"max batch", 2}, {"multiple of", 3}, {"warmup", 6}, {"LR rule", 7}} {
+		name, field string
+		at          int
+	}{{"min batch", "min_batch", 1}, {"max batch", "max_batch", 2}, {"multiple of", "multiple_of", 3}, {"warmup", "warmup", 6}, {"LR rule", "lr_rule", 7}} {
 		k, err := intOf("batch-size policy "+f.name, v[f.at])
 		if err != nil {
-			return gdiv.BatchSizePolicy{}, err
+			return gdiv.BatchSizePolicy{}, &gdiv.FieldError{Field: f.field, Err: err}
 		}
 		ints[i] = k
 	}

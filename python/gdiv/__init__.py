@@ -22,6 +22,9 @@ Core API:
     bounds.glm(X), bounds.sparse(grads), bounds.stability_step(...)
     BatchSizePolicy(delta=..., min_batch=..., ...): .next(current, estimate, step),
         .scale_lr(lr, old_batch, new_batch), .state_dict(), .load_state_dict(...)
+    Controller(policy=..., batch_size=..., ...): .observe(batch, sums...) -> Decision,
+        one Go call per measured step (estimate, smoothing, policy, LR factor);
+        what every framework adapter calls; step_seed(seed, k)
     reference.train(X, y, ...), reference.step(...), reference.loss_grad(...),
         reference.initial_weights(...), reference.param_layout(...):
         Go's reference SGD trainer, the ground truth for framework integrations
@@ -43,6 +46,7 @@ from .errors import *  # noqa: F403 — the exception classes, listed once in er
 from .estimator import Estimator, batch_sums_from_scalars, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
 from .mechanisms import Dropout, Langevin, Mechanism, Quantize
 from .policy import BatchSizePolicy
+from .controller import Controller, Decision, step_seed
 
 __version__ = "0.1.0"
 
@@ -66,6 +70,9 @@ __all__ = [
     "MonteCarloResult",
     "bounds",
     "BatchSizePolicy",
+    "Controller",
+    "Decision",
+    "step_seed",
     "reference",
     "plot",
     "GLMBound",

@@ -39,7 +39,8 @@ from gdiv.torch import (  # noqa: E402
     UnsupportedModuleError,
     per_example_grads,
 )
-from gdiv.torch.monitor import _device_sums, _step_seed  # noqa: E402
+from gdiv.controller import step_seed as _step_seed  # noqa: E402
+from gdiv.torch._reduce import device_sums as _device_sums  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -619,7 +620,7 @@ def test_resume_makes_the_same_decisions(replacement):
         (dict(sampling="shuffle"), "dataset_size"),
         (dict(on_nonfinite="ignore"), "on_nonfinite"),
         (dict(policy=gdiv.BatchSizePolicy(multiple_of=4), batch_size=6), "not allowed"),
-        (dict(policy=gdiv.BatchSizePolicy(max_batch=500), dataset_size=100), "exceeds dataset_size"),
+        (dict(policy=gdiv.BatchSizePolicy(max_batch=500), dataset_size=100), "exceeds the 100 examples"),
         (dict(lr_rule="cubic"), "lr_rule"),
         (dict(seed=-1), "seed"),
     ],

@@ -121,6 +121,7 @@ class PerExampleNorms:
         self._param_slots: List[Tuple[str, Dict[str, Any], Tuple[Tuple[str, Any, bool], ...]]] = []
         self._attached = False
         self._generation = 0
+        self._replaced = 0  # captures replaced by a later forward since the last reset()
         self._reset_capture()
         self._last_backward: Optional[str] = None  # "train" | "eval" | None
         if attach:
@@ -279,6 +280,7 @@ class PerExampleNorms:
         if self._backward_seen:  # first forward after a backward: a new capture
             self._generation += 1
             self._reset_capture()
+            self._replaced += 1
         bd = self.batch_dim
         if not kwargs and len(args) == 1 and isinstance(args[0], Tensor) and args[0].dim() > bd:
             x = args[0]
@@ -585,8 +587,15 @@ class PerExampleNorms:
         _, layer, scale = self._finalize()
         return {k: v * scale if scale != 1.0 else v.clone() for k, v in layer.items()}
 
+    def _raw_sq_norms(self) -> Tensor:
+        """The per-example squared norms of the gradients of the loss as it
+        was backpropagated ((B,) float64, not a copy; not rescaled by B² for
+        "mean": the caller's controller converts)."""
+        return self._finalize()[0]
+
     def reset(self) -> None:
         """Forget the current capture (hooks stay attached)."""
+        self._replaced = 0  # captures a later forward replaced since the last reset
         self._generation += 1
         self._reset_capture()
         self._last_backward = None

@@ -1,0 +1,416 @@
+"""The adaptive-batch controller (Go's ``gdiv.Controller``): one call per
+measured step turns a batch's measured sums into the estimate, the smoothed
+estimate, the next batch size and the learning-rate factor.
+
+Every framework adapter (``gdiv.torch.DiversityMonitor`` today) is capture +
+device reduction + :meth:`Controller.observe` + records; the Go reference
+trainer decides through the same Go code. The settings and the state live in
+two small float64 buffers owned by this object and read (and written back)
+by Go on every call: Go keeps nothing, checkpoints are plain numbers, and a
+failed call changes nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import secrets
+from typing import Any, Dict, Optional
+
+from ._bridge import lib
+from ._results import Estimate
+from .errors import ParamError, translate
+from .policy import LR_RULES, BatchSizePolicy
+
+__all__ = ["Controller", "Decision", "EstimatorView", "SKIP_REASONS", "step_seed"]
+
+_CFG, _STATE, _IN, _OUT = 18, 12, 11, 21
+_CfgBuf = ctypes.c_double * _CFG
+_StateBuf = ctypes.c_double * _STATE
+_InBuf = ctypes.c_double * _IN
+_OutBuf = ctypes.c_double * _OUT
+_PolBuf = ctypes.c_double * 8
+_addressof = ctypes.addressof
+_make_estimate = Estimate._make  # type: ignore[attr-defined]
+
+SKIP_REASONS = (None, "batch of 1", "non-finite")
+"""``Decision.skipped`` by Go's skip code (gdiv.Skip)."""
+
+_STATE_KEYS = ("batch", "steps", "examples", "decisions", "first_batch")
+_EST_KEYS = ("beta", "steps", "ema_m2", "ema_g", "weight")
+
+
+def _split(seed: int) -> tuple:
+    return float(seed >> 32), float(seed & 0xFFFFFFFF)
+
+
+def _join(hi: float, lo: float) -> int:
+    return (int(hi) << 32) | int(lo)
+
+
+def _check_seed(seed: Any) -> int:
+    if seed is None:
+        return secrets.randbits(64)
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise ParamError(f"seed = {seed!r}: want an integer in [0, 2**64) or None")
+    s = int(seed.__index__())
+    if not 0 <= s < 2**64:
+        raise ParamError(f"seed = {seed!r}: want an integer in [0, 2**64) or None")
+    return s
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step k's mechanism draws (Go's ``gdiv.StepSeed``): a fixed
+    function of (seed, k), so that a resumed run draws the same noise."""
+    out = (ctypes.c_double * 2)()
+    hi, lo = _split(_check_seed(seed))
+    try:
+        lib.ControllerStepSeed(hi, lo, int(step), _addressof(out))
+    except RuntimeError as e:
+        raise translate(e) from None
+    return _join(out[0], out[1])
+
+
+class Decision:
+    """What :meth:`Controller.observe` returns for one step.
+
+    Attributes:
+        step: 1-based index of the observation.
+        batch: the observed batch; next_batch: the batch to use next.
+        lr_factor: multiply each initial learning rate by it for this step
+            (the LR rule from the first batch B₀; 1.0 for a sum loss).
+        noise_std: the standard deviation of the summed Langevin noise to
+            add to the batch gradient (0.0 without noise).
+        sum_sq_norms, sq_norm_of_sum: Σ‖g_i‖², ‖Σ g_i‖² of the batch
+            (unscaled, with the mechanism; NaN when skipped).
+        estimate: the per-batch :class:`gdiv.Estimate`; smoothed: the
+            smoothed one after the step.
+        diversity: smoothed batch bound / n (None without dataset_size).
+        skipped: None, "batch of 1" or "non-finite".
+    """
+
+    __slots__ = (
+        "step",
+        "batch",
+        "next_batch",
+        "lr_factor",
+        "noise_std",
+        "sum_sq_norms",
+        "sq_norm_of_sum",
+        "estimate",
+        "smoothed",
+        "diversity",
+        "skipped",
+    )
+
+    def __init__(self, o: Any) -> None:
+        self.step = int(o[0])
+        self.batch = int(o[1])
+        self.next_batch = int(o[2]) or None
+        self.lr_factor = o[3]
+        self.noise_std = o[4]
+        self.sum_sq_norms = o[5]
+        self.sq_norm_of_sum = o[6]
+        self.estimate = _make_estimate(o[7:13])
+        self.smoothed = _make_estimate(o[13:19])
+        self.diversity = None if math.isnan(o[19]) else o[19]
+        self.skipped = SKIP_REASONS[int(o[20])]
+
+    def __repr__(self) -> str:
+        return "Decision(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+
+class Controller:
+    """Go's adaptive-batch controller: estimator, adjusted policy, LR rule,
+    Langevin correction and mechanism seeds, one bridge call per step.
+
+    Args:
+        policy: a :class:`gdiv.BatchSizePolicy`, or None to measure only. It is
+            adjusted once, like Go's trainer: ``min_batch`` raised to 2,
+            ``max_batch=None`` capped at ``dataset_size`` if given
+            (:attr:`policy`).
+        batch_size: the initial batch (None: the smallest the policy allows,
+            or unknown until the first step without a policy).
+        dataset_size: n (enables ``diversity``; needed by "shuffle").
+        sampling: "replacement" (Lemma 1's estimator) or "shuffle" (without
+            replacement: the finite-population estimator).
+        estimator_beta: EMA decay in [0, 1) of the ratio-of-EMAs estimate.
+        loss_reduction: "mean" or "sum" (the LR rule applies to "mean" only).
+        lr_rule: "none", "linear" or "sqrt" ("none" with a sum loss).
+        langevin_std: σ ≥ 0 of Langevin noise added once to the summed
+            gradient (norms mode); 0 for none.
+        seed: base seed of the per-step mechanism seeds (None draws one).
+
+    Raises:
+        gdiv.ParamError: a bad setting; ``err.field`` names it.
+    """
+
+    __slots__ = ("_cfg", "_state", "_in", "_out", "_policy", "_settings", "seed", "_last_factor")
+
+    def __init__(
+        self,
+        *,
+        policy: Optional[BatchSizePolicy] = None,
+        batch_size: Optional[int] = None,
+        dataset_size: Optional[int] = None,
+        sampling: str = "replacement",
+        estimator_beta: float = 0.9,
+        loss_reduction: str = "mean",
+        lr_rule: str = "none",
+        langevin_std: float = 0.0,
+        seed: Optional[int] = None,
+    ) -> None:
+        if policy is not None and not isinstance(policy, BatchSizePolicy):
+            raise TypeError(f"policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
+        if sampling not in ("replacement", "shuffle"):
+            raise ParamError(f"sampling = {sampling!r}: want 'replacement' or 'shuffle'")
+        if loss_reduction not in ("mean", "sum"):
+            raise ParamError(f"loss_reduction = {loss_reduction!r}: want 'mean' or 'sum'")
+        if lr_rule not in LR_RULES:
+            raise ParamError(f"lr_rule = {lr_rule!r}: want one of {LR_RULES}")
+        for name, v in (("batch_size", batch_size), ("dataset_size", dataset_size)):
+            if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__") or not 1 <= int(v) <= 2**53):
+                raise ParamError(f"{name} = {v!r}: want an integer ≥ 1 or None")
+        for name, v in (("estimator_beta", estimator_beta), ("langevin_std", langevin_std)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
+                raise ParamError(f"{name} = {v!r}: want a real number")
+        self.seed = _check_seed(seed)
+        self._settings = {
+            "policy": policy,
+            "batch_size": None if batch_size is None else int(batch_size),
+            "dataset_size": None if dataset_size is None else int(dataset_size),
+            "sampling": sampling,
+            "estimator_beta": float(estimator_beta),
+            "loss_reduction": loss_reduction,
+            "lr_rule": lr_rule,
+            "langevin_std": float(langevin_std),
+        }
+        cfg = _CfgBuf()
+        if policy is not None:
+            cfg[0:8] = policy._values
+            cfg[8] = 1.0
+        cfg[9] = float(batch_size or 0)
+        cfg[10] = float(dataset_size or 0)
+        cfg[11] = 1.0 if sampling == "shuffle" else 0.0
+        cfg[12] = float(estimator_beta)
+        cfg[13] = 1.0 if loss_reduction == "mean" else 0.0
+        cfg[14] = float(LR_RULES.index(lr_rule))
+        cfg[15] = float(langevin_std)
+        cfg[16], cfg[17] = _split(self.seed)
+        state = _StateBuf()
+        pol = _PolBuf()
+        try:
+            lib.ControllerInit(_addressof(cfg), _addressof(state), _addressof(pol))
+        except RuntimeError as e:
+            raise translate(e) from None
+        self._cfg = cfg
+        self._state = state
+        self._in = _InBuf()
+        self._out = _OutBuf()
+        self._policy = None if policy is None else BatchSizePolicy._from_go(pol)
+        self._last_factor = 1.0
+
+    # -- read-only views of the state ------------------------------------------
+
+    @property
+    def policy(self) -> Optional[BatchSizePolicy]:
+        """The adjusted policy Go applies (None without one)."""
+        return self._policy
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """The settings the controller was built with (a copy)."""
+        return dict(self._settings)
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The batch size to use next (None: unknown)."""
+        return int(self._state[5]) or None
+
+    @property
+    def steps(self) -> int:
+        return int(self._state[6])
+
+    @property
+    def examples(self) -> int:
+        return int(self._state[7])
+
+    @property
+    def decisions(self) -> int:
+        return int(self._state[8])
+
+    @property
+    def first_batch(self) -> Optional[int]:
+        """B₀ of the LR rule: the first observed batch (None before)."""
+        return int(self._state[9]) or None
+
+    @property
+    def next_seed(self) -> int:
+        """The seed of the next step's mechanism draws (:func:`step_seed`)."""
+        return _join(self._state[10], self._state[11])
+
+    @property
+    def lr_factor(self) -> float:
+        """The last step's LR factor (1.0 before the first step)."""
+        return self._last_factor
+
+    @property
+    def estimator(self) -> "EstimatorView":
+        """A read-only view of the estimator inside the state."""
+        return EstimatorView(self)
+
+    @property
+    def smoothed(self) -> Estimate:
+        """The current smoothed estimate."""
+        out = (ctypes.c_double * 6)()
+        st = (ctypes.c_double * 5)(*self._state[0:5])
+        try:
+            lib.EstimatorSmoothed(_addressof(st), _addressof(out))
+        except RuntimeError as e:
+            raise translate(e) from None
+        return _make_estimate(out)
+
+    # -- the step ----------------------------------------------------------------
+
+    def observe(
+        self,
+        batch: int,
+        sum_sq_norms: float,
+        sq_norm_batch_grad: float,
+        *,
+        mean: bool = False,
+        norms_scale: float = 1.0,
+        grad_scale: float = 1.0,
+        dim: int = 0,
+        noise_dot: float = 0.0,
+        noise_sq_norm: float = 0.0,
+        b_small: int = 0,
+        sq_norm_small: float = 0.0,
+    ) -> Decision:
+        """Fold one measured step into the state (one Go call) and decide.
+
+        Args:
+            batch: the step's examples B.
+            sum_sq_norms: the sum of the measured per-example squared norms.
+            sq_norm_batch_grad: the squared norm of the measured batch
+                gradient (before the Langevin noise, which Go adds).
+            mean: the measured gradients are those of the mean-reduced loss
+                (both sums are B² too small; Go multiplies).
+            norms_scale, grad_scale: the loss scales of the measured
+                per-example and batch gradients (mixed precision).
+            dim: trained parameters d (the Langevin correction).
+            noise_dot, noise_sq_norm: ⟨g, ξ⟩ and ‖ξ‖² of the measured batch
+                gradient g and a unit Gaussian ξ drawn with
+                :attr:`next_seed`; afterwards add ``noise_std·ξ`` to g.
+            b_small, sq_norm_small: the two-scale pair instead of
+                per-example norms: local batch and mean of ‖ḡ_local‖².
+
+        Raises:
+            gdiv.ParamError: an invalid observation (state unchanged).
+        """
+        self._in[:] = (
+            float(batch),
+            sum_sq_norms,
+            sq_norm_batch_grad,
+            1.0 if mean else 0.0,
+            norms_scale,
+            grad_scale,
+            float(b_small),
+            sq_norm_small,
+            float(dim),
+            noise_dot,
+            noise_sq_norm,
+        )
+        try:
+            lib.ControllerObserve(_addressof(self._cfg), _addressof(self._state), _addressof(self._in), _addressof(self._out))
+        except RuntimeError as e:
+            raise translate(e) from None
+        d = Decision(self._out)
+        self._last_factor = d.lr_factor
+        return d
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The complete state as plain data (the settings are not state)."""
+        st = self._state
+        d: Dict[str, Any] = {k: int(st[5 + i]) for i, k in enumerate(_STATE_KEYS)}
+        est = {k: st[i] for i, k in enumerate(_EST_KEYS)}
+        est["steps"] = int(est["steps"])
+        d["estimator"] = est
+        d["lr_factor"] = self._last_factor
+        return d
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output: validated by Go as a whole
+        first; on any error nothing changes.
+
+        Raises:
+            gdiv.ParamError: a missing, mistyped or inconsistent field (named).
+        """
+        if not isinstance(state, dict):
+            raise ParamError(f"controller state must be a dict, got {type(state).__name__}")
+        buf = _StateBuf()
+        try:
+            est = state["estimator"]
+            for i, k in enumerate(_EST_KEYS):
+                buf[i] = _real(f"estimator.{k}", est[k])
+            for i, k in enumerate(_STATE_KEYS):
+                buf[5 + i] = _real(k, state[k])
+            factor = _real("lr_factor", state.get("lr_factor", 1.0))
+        except (KeyError, TypeError) as e:
+            raise ParamError(f"controller state: missing or malformed field {e}") from None
+        try:
+            lib.ControllerSetState(_addressof(self._cfg), _addressof(buf))
+        except RuntimeError as e:
+            raise translate(e) from None
+        self._state = buf
+        self._last_factor = factor
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"settings": self._settings, "seed": self.seed, "state": self.state_dict()}
+
+    def __setstate__(self, s: Dict[str, Any]) -> None:
+        self.__init__(**s["settings"], seed=s["seed"])  # type: ignore[misc]
+        self.load_state_dict(s["state"])
+
+    def __repr__(self) -> str:
+        return f"Controller(steps={self.steps}, batch_size={self.batch_size}, policy={self._policy!r})"
+
+
+class EstimatorView:
+    """Read-only view of a :class:`Controller`'s estimator (the ratio of
+    EMAs inside its state): ``steps`` (estimated batches), ``beta``,
+    ``smoothed`` and ``state_dict()`` like :class:`gdiv.Estimator`'s."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, controller: Controller) -> None:
+        self._c = controller
+
+    @property
+    def steps(self) -> int:
+        return int(self._c._state[1])
+
+    @property
+    def beta(self) -> float:
+        return self._c._state[0]
+
+    @property
+    def smoothed(self) -> Estimate:
+        return self._c.smoothed
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(self._c.state_dict()["estimator"])
+
+    def __repr__(self) -> str:
+        return f"EstimatorView(steps={self.steps}, smoothed={self.smoothed!r})"
+
+
+def _real(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
+        raise ParamError(f"controller state {name} = {v!r}: want a number")
+    f = float(v)
+    if isinstance(v, int) and abs(v) > 2**53:
+        raise ParamError(f"controller state {name} = {v!r}: above 2**53")
+    return f
