@@ -644,7 +644,7 @@ def _check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn
     if _compiled(model):
         raise ValueError(
             "DiversityMonitor: the model is a torch.compile()d module; attach the monitor before compiling: "
-            "monitor = DiversityMonitor(model, ...) on the plain model, then torch.compile(model) if you must"
+            "monitor = DiversityMonitor(model, ...) on the plain model, then torch.compile(model): the hooks stay on the plain modules"
         )
     if loss_reduction not in ("mean", "sum"):
         raise ValueError(f"DiversityMonitor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")

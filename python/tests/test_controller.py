@@ -1,0 +1,142 @@
+"""gdiv.Controller (Go's gdiv.Controller through one bridge call per step)
+against independent oracles: the per-batch estimate, the Estimator, the
+policy's decision and the LR rule, each computed separately."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+import gdiv
+
+
+def sums(rng, b, d=5):
+    g = rng.normal(size=(b, d)) + 0.3
+    return float((g * g).sum()), float((g.sum(0) ** 2).sum())
+
+
+def test_observe_is_estimate_smoothing_and_policy():
+    rng = np.random.default_rng(0)
+    pol = gdiv.BatchSizePolicy(max_batch=200, multiple_of=4, warmup=1)
+    ctl = gdiv.Controller(policy=pol, estimator_beta=0.7, batch_size=8, loss_reduction="sum", seed=1)
+    est = gdiv.Estimator(0.7)
+    adjusted = ctl.policy
+    assert adjusted.min_batch == 2 and adjusted.max_batch == 200  # min_batch raised to 2, like Go's trainer
+    for k in range(6):
+        b = ctl.batch_size
+        s, t = sums(rng, b)
+        d = ctl.observe(b, s, t)
+        want = gdiv.estimate_from_sums(b, s, t)
+        assert d.estimate.m2 == pytest.approx(want.m2, rel=1e-13) and d.estimate.g == pytest.approx(want.g, rel=1e-13)
+        est.update(batch_size=b, sum_sq_norms=s, sq_norm_of_sum=t)
+        assert d.smoothed.batch_bound == pytest.approx(est.smoothed.batch_bound, rel=1e-12)
+        assert d.next_batch == adjusted.next(b, est.smoothed, k) == ctl.batch_size
+        assert d.step == k + 1 and d.lr_factor == 1.0 and d.skipped is None
+    assert ctl.steps == ctl.decisions == 6
+
+
+def test_mean_loss_and_loss_scales_are_converted_by_go():
+    """Sums of a mean loss are B² too small and AMP sums scale² too large:
+    Go converts both, so the decisions equal the plain sum-loss ones."""
+    rng = np.random.default_rng(1)
+    plain = gdiv.Controller(estimator_beta=0.5)
+    mean = gdiv.Controller(estimator_beta=0.5, loss_reduction="mean")
+    for b in (8, 12, 16):
+        s, t = sums(rng, b)
+        a = plain.observe(b, s, t)
+        c = mean.observe(b, s / b**2 * 4.0, t / b**2 * 16.0, mean=True, norms_scale=2.0, grad_scale=4.0)
+        assert c.sum_sq_norms == pytest.approx(a.sum_sq_norms, rel=1e-13)
+        assert c.smoothed.batch_bound == pytest.approx(a.smoothed.batch_bound, rel=1e-12)
+
+
+@pytest.mark.parametrize("rule, want", [("linear", 4.0), ("sqrt", 2.0), ("none", 1.0)])
+def test_lr_factor_from_the_first_batch(rule, want):
+    ctl = gdiv.Controller(loss_reduction="mean", lr_rule=rule)
+    rng = np.random.default_rng(2)
+    assert ctl.observe(8, *sums(rng, 8)).lr_factor == 1.0
+    assert ctl.observe(32, *sums(rng, 32)).lr_factor == pytest.approx(want, rel=1e-15)
+    assert ctl.first_batch == 8 and ctl.lr_factor == pytest.approx(want)
+
+
+def test_skips_leave_estimate_and_policy_alone():
+    ctl = gdiv.Controller(policy=gdiv.BatchSizePolicy(max_batch=64))
+    rng = np.random.default_rng(3)
+    ctl.observe(8, *sums(rng, 8))
+    before = ctl.state_dict()
+    d = ctl.observe(8, math.nan, 1.0)
+    assert d.skipped == "non-finite" and math.isnan(d.sum_sq_norms)
+    assert ctl.observe(1, 1.0, 1.0).skipped == "batch of 1"
+    after = ctl.state_dict()
+    assert after["estimator"] == before["estimator"] and after["batch"] == before["batch"]
+    assert after["steps"] == before["steps"] + 2 and after["decisions"] == before["decisions"]
+
+
+def test_step_seeds_are_a_fixed_stream():
+    a = [gdiv.step_seed(42, k) for k in range(1, 6)]
+    assert a == [gdiv.step_seed(42, k) for k in range(1, 6)] and len(set(a)) == 5
+    assert a != [gdiv.step_seed(43, k) for k in range(1, 6)]
+    ctl = gdiv.Controller(seed=42)
+    assert ctl.next_seed == a[0]
+    ctl.observe(4, 3.0, 1.0)
+    assert ctl.next_seed == a[1]
+    with pytest.raises(gdiv.ParamError, match="seed"):
+        gdiv.step_seed(1.5, 1)
+
+
+def test_state_round_trip_and_pickle_continue_identically():
+    rng = np.random.default_rng(4)
+    ctl = gdiv.Controller(policy=gdiv.BatchSizePolicy(max_batch=100), dataset_size=100, seed=5, loss_reduction="mean", lr_rule="linear")
+    for _ in range(3):
+        ctl.observe(ctl.batch_size, *sums(rng, ctl.batch_size))
+    twin = pickle.loads(pickle.dumps(ctl))
+    fresh = gdiv.Controller(**ctl.settings, seed=5)
+    fresh.load_state_dict(ctl.state_dict())
+    for _ in range(3):
+        s = sums(rng, ctl.batch_size)
+        b = ctl.batch_size
+        outs = [c.observe(b, *s) for c in (ctl, twin, fresh)]
+        assert len({(o.next_batch, o.smoothed.batch_bound, o.lr_factor) for o in outs}) == 1
+        assert len({c.next_seed for c in (ctl, twin, fresh)}) == 1
+
+
+@pytest.mark.parametrize(
+    "key, value, field",
+    [("batch", -5, "batch"), ("steps", 1.5, "steps"), ("decisions", -1, "decisions"), ("batch", 7, "batch")],
+)
+def test_bad_state_is_refused_atomically(key, value, field):
+    ctl = gdiv.Controller(policy=gdiv.BatchSizePolicy(max_batch=64, multiple_of=2), seed=1)
+    ctl.observe(2, 3.0, 1.0)
+    before = ctl.state_dict()
+    bad = dict(before, **{key: value})
+    with pytest.raises(gdiv.ParamError, match=field):
+        ctl.load_state_dict(bad)
+    assert ctl.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(estimator_beta=1.0), "estimator_beta"),
+        (dict(sampling="shuffle"), "sampling"),
+        (dict(lr_rule="linear", loss_reduction="sum"), "lr_rule"),
+        (dict(policy=gdiv.BatchSizePolicy(max_batch=500), dataset_size=100, sampling="shuffle"), "max_batch"),
+        (dict(policy=gdiv.BatchSizePolicy(multiple_of=4), batch_size=6), "batch_size"),
+        (dict(langevin_std=-1.0), "langevin_std"),
+    ],
+)
+def test_settings_errors_name_the_field_as_data(kw, field):
+    with pytest.raises(gdiv.ParamError) as ei:
+        gdiv.Controller(**kw)
+    assert getattr(ei.value, "field", None) == field and str(ei.value).startswith(field)
+
+
+def test_bad_observation_changes_nothing():
+    ctl = gdiv.Controller(dataset_size=10, sampling="shuffle")
+    before = ctl.state_dict()
+    for args in ((0, 1.0, 1.0), (4, -1.0, 1.0), (11, 1.0, 1.0)):
+        with pytest.raises(gdiv.ParamError):
+            ctl.observe(*args)
+    assert ctl.state_dict() == before
