@@ -622,7 +622,7 @@ func Accuracy(p Problem, w []float64, ds *data.Dataset) (float64, error) {
 }
 
 // InitStream is the PCG stream of SeededInitialWeights; it differs from
-// SGD's streams (SGDSamplingStream, SGDMechanismStream).
+// SGD's streams (SGDSamplingStream, the step seeds).
 const InitStream uint64 = 0x494e4954 // "INIT"
 
 // SeededInitialWeights returns p's initial weights for a seed: those of its

@@ -39,15 +39,13 @@ func ParseStepRule(s string) (StepRule, error) { return gdiv.ParseStepRule(s) }
 // ParseSampling is gdiv.ParseSampling.
 func ParseSampling(s string) (Sampling, error) { return gdiv.ParseSampling(s) }
 
-// The PCG streams (second argument of rand.NewPCG) that SGD derives from
-// SGDSettings.Seed. Separate streams keep the sampled indices independent
-// of the mechanism: adding a mechanism does not change the batches.
-const (
-	// SGDSamplingStream feeds the batch indices (both samplings).
-	SGDSamplingStream uint64 = 0x5347445f53414d50 // "SGD_SAMP"
-	// SGDMechanismStream feeds the mechanism's Apply.
-	SGDMechanismStream uint64 = 0x5347445f4d454348 // "SGD_MECH"
-)
+// SGDSamplingStream is the PCG stream (second argument of rand.NewPCG)
+// of the batch indices (both samplings), seeded by SGDSettings.Seed. The
+// mechanism's draws of step k come from rand.NewPCG(StepSeed(Seed, k), 0),
+// the controller's step seeds — the stream every adapter uses (a Python
+// full-mode monitor applies the mechanism with the same seed per step) —
+// so adding a mechanism does not change the batches.
+const SGDSamplingStream uint64 = 0x5347445f53414d50 // "SGD_SAMP"
 
 // SGDSettings configures SGD. The zero value of every field except LR, a
 // stopping rule (Steps or Examples) and, without a Policy, Batch is a
@@ -96,8 +94,8 @@ type SGDSettings struct {
 	// step; the per-batch estimate is that of the modified gradients.
 	Mechanism gdiv.Mechanism
 	// Seed seeds all randomness: the indices come from
-	// rand.New(rand.NewPCG(Seed, SGDSamplingStream)) and the mechanism's
-	// draws from rand.New(rand.NewPCG(Seed, SGDMechanismStream)).
+	// rand.New(rand.NewPCG(Seed, SGDSamplingStream)) and step k's mechanism
+	// draws from rand.New(rand.NewPCG(gdiv.StepSeed(Seed, k), 0)).
 	Seed uint64
 	// EstimatorBeta is the Estimator.Beta in [0, 1) that smooths the
 	// per-batch estimates (ratio of EMAs). 0 means no smoothing: the
@@ -224,11 +222,12 @@ func SGD(p Problem, w0 []float64, s SGDSettings) (SGDResult, error) {
 	t := sgdTrainer{
 		p: p, n: n, d: d, s: &s,
 		sampRng: rand.New(rand.NewPCG(s.Seed, SGDSamplingStream)),
-		mechRng: rand.New(rand.NewPCG(s.Seed, SGDMechanismStream)),
+		mechSrc: rand.NewPCG(0, 0),
 		sum:     make([]float64, d),
 		row:     make([]float64, d),
 		ctrl:    ctrl,
 	}
+	t.mechRng = rand.New(t.mechSrc)
 	if s.Sampling == Shuffle {
 		t.perm = make([]int, n)
 		t.pos = n // the first draw starts an epoch
@@ -343,9 +342,11 @@ type sgdTrainer struct {
 	n, d int
 	s    *SGDSettings
 
-	sampRng, mechRng *rand.Rand
-	perm             []int // Shuffle: the current epoch's permutation
-	pos              int   // Shuffle: next position in perm
+	sampRng *rand.Rand
+	mechSrc *rand.PCG // reseeded each step with the controller's step seed
+	mechRng *rand.Rand
+	perm    []int // Shuffle: the current epoch's permutation
+	pos     int   // Shuffle: next position in perm
 
 	idx  []int
 	row  []float64 // one per-example gradient
@@ -386,6 +387,9 @@ func (t *sgdTrainer) sample(b int) []int {
 func (t *sgdTrainer) step(dst, w []float64, idx []int, lr float64, k int) (float64, error) {
 	b := len(idx)
 	where := fmt.Sprintf("at step %d, ", k)
+	if t.s.Mechanism != nil {
+		t.mechSrc.Seed(t.ctrl.StepSeed(k), 0)
+	}
 	lossSum, sumSq, err := sumGrads(t.sum, t.row, t.p, w, idx, t.s.Mechanism, t.mechRng, where)
 	if err != nil {
 		return 0, fmt.Errorf("%w; the iterates may be diverging (lower the learning rate)", err)

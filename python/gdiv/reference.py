@@ -53,8 +53,9 @@ Python threads run); there is no progress callback (calls from Go back into
 Python are not supported by the bridge): size runs with ``steps`` or
 ``examples``.
 
-Seeds: the batches come from PCG(seed, "SGD_SAMP"), the mechanism's draws
-from PCG(seed, "SGD_MECH") (Go's SGDSettings.Seed), and the default initial
+Seeds: the batches come from PCG(seed, "SGD_SAMP"), step k's mechanism
+draws from PCG(gdiv.step_seed(seed, k), 0) — the controller's step seeds,
+as in a full-mode ``DiversityMonitor(seed=seed)`` — and the default initial
 weights from ``InitialWeights(PCG(seed, "INIT"))`` — the stream of the CLI, so
 ``train(..., seed=s)`` and ``gdiv train --seed s`` start from the same
 weights.
@@ -74,6 +75,7 @@ from ._arrays import KIND_ARROW, operand
 from ._bridge import lib
 from ._results import Estimate
 from .errors import ParamError, ShapeError, translate
+from .controller import Controller
 from .mechanisms import Mechanism
 from .policy import BatchSizePolicy
 
@@ -721,18 +723,21 @@ class TrainResult:
 def _capacity(n: int, batch: int, policy: Optional[BatchSizePolicy], steps: int, examples: int, record: bool) -> Tuple[int, int]:
     """Upper bounds on the number of steps and of recorded indices of a run.
 
-    Every batch is at least b_lo (the fixed batch; with a policy its
-    min_batch, which the trainer raises to 2) and at most b_hi (the fixed
-    batch; the policy's max_batch, or n); the run stops after ``steps``
-    steps or once ``examples`` gradients are reached (the last batch whole).
-    Invalid settings give 0 and Go reports them.
+    Every batch is at least b_lo (the fixed batch; with a policy the
+    adjusted min_batch) and at most b_hi (the fixed batch; the adjusted
+    max_batch), the adjustments being Go's (a Controller's policy); the run
+    stops after ``steps`` steps or once ``examples`` gradients are reached
+    (the last batch whole). Invalid settings give 0 and Go reports them.
     """
     if policy is None:
         b_lo = b_hi = max(batch, 1)
     else:
-        b_lo = max(policy.min_batch, 2)
-        b_hi = policy.max_batch or max(n, b_lo)
-        b_hi = max(b_hi, batch, b_lo)
+        try:
+            adjusted = Controller(policy=policy, dataset_size=n).policy
+        except ParamError:
+            return 0, 0
+        assert adjusted is not None and adjusted.max_batch is not None
+        b_lo, b_hi = adjusted.min_batch, max(adjusted.max_batch, batch)
     cap_steps = 0
     if steps > 0:
         cap_steps = steps

@@ -100,10 +100,22 @@ CASES = [
     pytest.param("mlp", "mean", True, "replacement", "full", 0.9, id="mlp-mean-adaptive-full"),
     pytest.param("logistic", "sum", False, "replacement", "full", 0.9, id="logistic-sum-fixed-full"),
 ]
+# Mechanisms whose draws go row by row (Langevin, Quantize): Go's trainer
+# applies them one example at a time, full mode to the (B, P) rows at once,
+# both seeded by the controller's step seeds — the same draws, where Go's
+# parameter layout has torch's column order (logistic: weight, then bias;
+# softmax and the MLP store their weights transposed, so the same draws land
+# on other coordinates there).
+MECH_CASES = [
+    pytest.param("logistic", step, True, "replacement", "full", 0.9, m, id=f"logistic-{step}-adaptive-full-{name}")
+    for step in ("sum", "mean")
+    for name, m in (("langevin", gdiv.Langevin(0.05)), ("quantize", gdiv.Quantize(4)))
+]
 
 
-@pytest.mark.parametrize("problem, step, adaptive, sampling, mode, beta", CASES)
-def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, sampling, mode, beta):
+@pytest.mark.parametrize("problem, step, adaptive, sampling, mode, beta, mechanism", [
+    pytest.param(*c.values, None, id=c.id) for c in CASES] + MECH_CASES)
+def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, sampling, mode, beta, mechanism):
     X, y = digits
     if problem == "logistic":
         y = y % 2  # even vs odd
@@ -113,7 +125,7 @@ def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, s
     lr = {"sum": 0.02, "mean": 0.3}[step]
     res = ref.train(
         X, y, problem=problem, l2=0.0, hidden=HIDDEN, lr=lr, step=step, batch=8, policy=policy, steps=STEPS,
-        sampling=sampling, seed=SEED, estimator_beta=beta, record_indices=True, classes=k,
+        sampling=sampling, seed=SEED, estimator_beta=beta, record_indices=True, classes=k, mechanism=mechanism,
     )
     hist = res.history
     if adaptive:  # the run must exercise the policy
@@ -136,6 +148,8 @@ def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, s
         dataset_size=n,
         sampling=sampling,
         loss_fn=loss_of(problem, "mean") if mode == "full" else None,
+        mechanism=mechanism,
+        seed=SEED,
     )
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
     recs = []
