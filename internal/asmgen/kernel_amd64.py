@@ -11,7 +11,6 @@ def variant(name, f32, diff):
     half = 4 * es                 # byte offset of the second 4-element group
     step8 = 8 * es
     step4 = 4 * es
-    args = "s *float64, a, b *float32" if (f32 and diff) else None
     T = "float32" if f32 else "float64"
     if diff:
         sig = f"func {name}(s *float64, a, b *{T}, n, stride, w int) float64"
