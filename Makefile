@@ -32,7 +32,7 @@ demo: py-install ## the main job: an MLP on digits in PyTorch, fixed vs gdiv-ada
 demo-go: build ## the same question with the Go reference trainer and the CLI (table + PNGs in out/demo)
 	@sh ./examples/demo.sh $(BIN)
 
-test: check-go fmt-check vet unit purego fuzz-short py-test ## run every test (what CI runs): Go, fuzz, Python
+test: check-go lint unit purego fuzz-short py-test ## run every test (what CI runs): lint, Go, fuzz, Python
 	@sh ./examples/demo.sh $(BIN) >/dev/null 2>&1 && echo "demo-go: ok"
 
 fmt-check:

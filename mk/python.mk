@@ -1,8 +1,11 @@
 # Python package targets; the top-level Makefile includes this file.
 #
-#   make venv        create .venv and install the build/test/bench dependencies
+#   make venv        create .venv and install the pinned build/test/lint dependencies
 #   make py-install  build gopy into .tools/bin and `pip install .` into .venv
 #   make py-test     py-install, then pytest python/tests
+#   make dev         the fast loop: the extension built in place (again only when Go changes)
+#   make dev-test    dev, then pytest on python/ as it is (no install)
+#   make lint        ruff check + format check, mypy on the package, gofmt, go vet
 #   make py-bench    py-install, then bench/bench_python.py (table + PNG)
 #
 # Needs only Go >= 1.25, Python >= 3.10 (with venv), gcc and make.
@@ -12,19 +15,21 @@ PYTHON    ?= python3
 VENV      ?= .venv
 VPY       := $(VENV)/bin/python
 TOOLS_BIN := $(CURDIR)/.tools/bin
-PY_DEPS   := setuptools wheel pybindgen numpy pyarrow pytest torch matplotlib
+PY_REQS   := python/requirements-dev.txt
 PYTEST_ARGS ?= -q
+GO_SRC    := $(shell find gdiv pybridge -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+DEV_STAMP := python/gdiv/.dev-build
 
-.PHONY: venv py-tools py-install py-test py-bench py-bench-torch py-clean
+.PHONY: venv py-tools py-install py-test py-bench py-bench-torch py-clean dev dev-test lint lint-fix
 
-venv: $(VENV)/.gdiv-deps ## create .venv with the Python build, test and bench dependencies
+venv: $(VENV)/.gdiv-deps ## create .venv with the pinned Python build, test, bench and lint dependencies
 
-# Re-run when this file (the dependency list) changes.
-$(VENV)/.gdiv-deps: mk/python.mk
+# Re-run when the pinned list (or this file) changes.
+$(VENV)/.gdiv-deps: $(PY_REQS) mk/python.mk
 	@command -v $(PYTHON) >/dev/null || { echo "gdiv: $(PYTHON) not found (need Python >= 3.10)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install $(PY_DEPS)
+	$(VPY) -m pip install -r $(PY_REQS)
 	@touch $@
 
 py-tools: $(TOOLS_BIN)/gopy $(TOOLS_BIN)/goimports
@@ -39,6 +44,28 @@ py-install: check-go venv py-tools ## build the Go extension and `pip install .`
 py-test: py-install ## the Python test suite (zero copy, oracle, errors, threads, fork, leaks)
 	cd python/tests && ../../$(VPY) -m pytest $(PYTEST_ARGS) .
 
+# The developer loop: the extension is built into python/gdiv once and again
+# only when a Go source changes; Python edits are live (PYTHONPATH=python).
+$(DEV_STAMP): $(GO_SRC) setup.py | venv py-tools
+	$(VPY) setup.py -q build_ext --inplace
+	@touch $@
+
+dev: check-go $(DEV_STAMP) ## fast loop: build the extension in place (rebuilt only when Go changes); Python edits need no install
+
+dev-test: dev ## the Python suite on python/ as it is, without installing (PYTEST_ARGS="-q -x -k monitor")
+	cd python/tests && PYTHONPATH=$(CURDIR)/python ../../$(VPY) -m pytest $(PYTEST_ARGS) .
+
+lint: venv ## ruff check + format check, mypy on the package, gofmt, go vet
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+	$(VPY) -m mypy
+	@$(MAKE) --no-print-directory fmt-check vet
+
+lint-fix: venv ## apply ruff's fixes and formatting, gofmt
+	$(VPY) -m ruff check --fix .
+	$(VPY) -m ruff format .
+	gofmt -w gdiv cmd bench internal pybridge
+
 py-bench: py-install ## Python benchmarks: per-call overhead and size sweep vs NumPy and torch
 	$(VPY) bench/bench_python.py
 
@@ -48,4 +75,4 @@ py-bench-torch: py-install ## per-example norms on the CPU: gdiv.torch vs BackPA
 	$(VPY) bench/bench_torch.py $(BENCH_TORCH_ARGS)
 
 py-clean:
-	rm -rf _pygen build python/gdiv.egg-info python/gdiv/_gdivgo*.so
+	rm -rf _pygen build python/gdiv.egg-info python/gdiv/_gdivgo*.so $(DEV_STAMP)

@@ -48,7 +48,7 @@ from .mechanisms import Dropout, Langevin, Mechanism, Quantize
 from .policy import BatchSizePolicy
 from .controller import Controller, Decision, step_seed
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "stats",

@@ -89,7 +89,7 @@ def _numpy(x: np.ndarray, what: str, writable: bool, keep: Any) -> Operand:
         # A ctypes view of the buffer gives the address about 4x faster
         # than __array_interface__ (which builds a dict); it needs a
         # writable, non-empty buffer.
-        return kind, _addressof(_char_from_buffer(x)), 0, n, d, keep
+        return kind, _addressof(_char_from_buffer(x)), 0, n, d, keep  # type: ignore[arg-type]  # ndarrays are buffers
     return kind, x.__array_interface__["data"][0], 0, n, d, keep
 
 

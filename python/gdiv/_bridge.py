@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from .errors import ForkError
 
 try:
-    from . import _gdivgo
+    from . import _gdivgo  # type: ignore[attr-defined]  # the compiled extension (built by setup.py)
 except ImportError as e:  # pragma: no cover - only in a broken install
     raise ImportError(
         "gdiv: the Go extension gdiv._gdivgo is missing or cannot be loaded "

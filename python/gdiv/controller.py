@@ -168,12 +168,12 @@ class Controller:
             raise ParamError(f"loss_reduction = {loss_reduction!r}: want 'mean' or 'sum'")
         if lr_rule not in LR_RULES:
             raise ParamError(f"lr_rule = {lr_rule!r}: want one of {LR_RULES}")
-        for name, v in (("batch_size", batch_size), ("dataset_size", dataset_size)):
-            if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__") or not 1 <= int(v) <= 2**53):
-                raise ParamError(f"{name} = {v!r}: want an integer ≥ 1 or None")
-        for name, v in (("estimator_beta", estimator_beta), ("langevin_std", langevin_std)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-                raise ParamError(f"{name} = {v!r}: want a real number")
+        for name, iv in (("batch_size", batch_size), ("dataset_size", dataset_size)):
+            if iv is not None and (isinstance(iv, bool) or not hasattr(iv, "__index__") or not 1 <= int(iv) <= 2**53):
+                raise ParamError(f"{name} = {iv!r}: want an integer ≥ 1 or None")
+        for name, fv in (("estimator_beta", estimator_beta), ("langevin_std", langevin_std)):
+            if isinstance(fv, bool) or not isinstance(fv, (int, float)) and not hasattr(fv, "__float__"):
+                raise ParamError(f"{name} = {fv!r}: want a real number")
         self.seed = _check_seed(seed)
         self._settings = {
             "policy": policy,
@@ -187,9 +187,9 @@ class Controller:
         }
         cfg = _CfgBuf()
         if policy is not None:
-            cfg[0:8] = policy._values
+            cfg[0:8] = list(policy._values)
             cfg[8] = 1.0
-        cfg[9] = float(batch_size or 0)
+        cfg[9] = float(batch_size or 0)  # 0: unknown
         cfg[10] = float(dataset_size or 0)
         cfg[11] = 1.0 if sampling == "shuffle" else 0.0
         cfg[12] = float(estimator_beta)
@@ -308,7 +308,7 @@ class Controller:
         Raises:
             gdiv.ParamError: an invalid observation (state unchanged).
         """
-        self._in[:] = (
+        self._in[:] = [  # the Observation (see pybridge/controller.go)
             float(batch),
             sum_sq_norms,
             sq_norm_batch_grad,
@@ -320,7 +320,7 @@ class Controller:
             float(dim),
             noise_dot,
             noise_sq_norm,
-        )
+        ]
         try:
             lib.ControllerObserve(_addressof(self._cfg), _addressof(self._state), _addressof(self._in), _addressof(self._out))
         except RuntimeError as e:

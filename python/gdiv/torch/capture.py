@@ -479,13 +479,16 @@ class PerExampleNorms:
     def _rule_norms(self, rec: _Record) -> Tensor:
         unit = rec.unit
         dtype = _compute_dtype(unit.plist)
-        g = self._to_batch_first(rec.grads[0], dtype)
+        g0 = rec.grads[0]
+        assert g0 is not None  # processed only once its output gradient arrived
+        g = self._to_batch_first(g0, dtype)
         ctx = self._context(unit, dtype)
         inputs = tuple(self._to_batch_first(a, dtype) if isinstance(a, Tensor) else a for a in rec.args)
         if unit.total is not None:
             total = unit.total(unit.module, inputs, g, ctx)
             if total is not None:
                 return total
+        assert unit.rule is not None  # units without a rule go through the fallback
         parts = unit.rule(unit.module, inputs, g, ctx)
         want = (rec.batch,)
         if len(parts) != len(unit.params) or any(
@@ -500,7 +503,7 @@ class PerExampleNorms:
 
     # ---------------------------------------------------------- results ---
 
-    def _finalize(self) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def _finalize(self) -> Tuple[Tensor, Dict[str, Tensor], float]:
         if self._last_backward == "eval":
             raise CaptureError(
                 "gdiv.torch: the last backward pass went through a forward run in eval mode "
@@ -549,6 +552,7 @@ class PerExampleNorms:
                 "layer.weight) in a parent module); make the parent own them, or call the module."
             )
         batch = self._batch
+        assert batch is not None  # set by the first captured forward
         layer = dict(self._layer)
         for label, g in self._acc.values():
             sq = row_sq_norms64(g)

@@ -330,6 +330,7 @@ class DiversityMonitor:
                 "backward passes per step is not supported; call monitor.step() after each full_backward"
             )
         xs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+        assert self.loss_fn is not None  # checked at construction for full mode
         grads = per_example_grads(self._model, self.loss_fn, xs, targets, max_bytes=self.full_max_bytes)
         batch = grads.shape[0]
         rows = grads.detach().to("cpu").contiguous()
@@ -347,9 +348,10 @@ class DiversityMonitor:
                 p.grad = g
             else:
                 p.grad.copy_(g)
+        loss_fn = self.loss_fn
         with torch.no_grad():
             out = self._model(*xs)
-            loss = self.loss_fn(out) if targets is None else self.loss_fn(out, targets)
+            loss = loss_fn(out) if targets is None else loss_fn(out, targets)
         self._pending = (rows, batch, float(loss.detach().reshape(()).item()) if isinstance(loss, Tensor) else None)
         return loss.detach() if isinstance(loss, Tensor) else loss
 
@@ -379,7 +381,7 @@ class DiversityMonitor:
             self._params_key = key
         return self._params
 
-    def _measure_norms(self) -> Tuple[int, Dict[str, Any], Optional[Tensor]]:
+    def _measure_norms(self) -> Tuple[int, Dict[str, Any], Optional[int]]:
         """Norms mode: read the capture, reduce on the device, one host copy.
         Returns (batch, the observation's keywords, the Langevin draws' seed or None)."""
         norms = self._norms
