@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from ..controller import Controller, Decision, EstimatorView
 from ..errors import NonFiniteError, ParamError, SumOverflowError
-from ..mechanisms import Dropout, Langevin, Mechanism, Quantize
+from ..mechanisms import Langevin, Mechanism
 from ..policy import LR_RULES, BatchSizePolicy
+from ._options import check_options, finite_real
 from ._reduce import NoiseDraws, device_sums
 from .capture import PerExampleNorms
 from .errors import CaptureError
@@ -54,10 +55,6 @@ _WRITER_KEYS = ("batch", "lr", "loss", "m2", "g", "batch_bound", "diversity", "n
 _STATE_VERSION = 2
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
 
-
-
-def _compiled(model: nn.Module) -> bool:
-    return type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
 
 
 class DiversityMonitor:
@@ -155,7 +152,7 @@ class DiversityMonitor:
         fuse_conv: bool = True,
         attach: bool = True,
     ) -> None:
-        _check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
+        check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
                        optimizer, writer, lr_rule)
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
@@ -589,7 +586,7 @@ class DiversityMonitor:
         controller = Controller(**settings, seed=seed)
         controller.load_state_dict(ctrl_state)
         if base_lrs is not None:
-            if not isinstance(base_lrs, (list, tuple)) or not all(_finite_real(v) for v in base_lrs):
+            if not isinstance(base_lrs, (list, tuple)) or not all(finite_real(v) for v in base_lrs):
                 raise ParamError(f"DiversityMonitor.load_state_dict: base_lrs = {base_lrs!r}: want a list of finite numbers or None")
             base_lrs = [float(v) for v in base_lrs]
         if lr_batch is not None and (isinstance(lr_batch, bool) or not isinstance(lr_batch, (int, np.integer)) or lr_batch < 1):
@@ -632,56 +629,6 @@ def _record(d: Decision, examples: int, lr: Optional[float], loss: Optional[floa
         "no_signal": bool(sm.no_signal),
         "skipped": d.skipped,
     }
-
-
-def _finite_real(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
-
-
-def _check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
-                   optimizer, writer, lr_rule) -> None:
-    """The monitor's own options (Go's controller validates the rest)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"DiversityMonitor: model must be an nn.Module, got {type(model).__name__}")
-    if _compiled(model):
-        raise ValueError(
-            "DiversityMonitor: the model is a torch.compile()d module; attach the monitor before compiling: "
-            "monitor = DiversityMonitor(model, ...) on the plain model, then torch.compile(model): the hooks stay on the plain modules"
-        )
-    if loss_reduction not in ("mean", "sum"):
-        raise ValueError(f"DiversityMonitor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-    if mode not in ("norms", "full"):
-        raise ValueError(f"DiversityMonitor: mode must be 'norms' or 'full', got {mode!r}")
-    if on_nonfinite not in ("skip", "raise"):
-        raise ValueError(f"DiversityMonitor: on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}")
-    if mechanism is not None and not isinstance(mechanism, Mechanism):
-        raise TypeError(f"DiversityMonitor: mechanism must be gdiv.Dropout, gdiv.Langevin, gdiv.Quantize or None, got {type(mechanism).__name__}")
-    if mode == "norms" and isinstance(mechanism, (Dropout, Quantize)):
-        raise ValueError(
-            f"DiversityMonitor: {type(mechanism).__name__} acts on each per-example gradient separately, which "
-            "norms mode never forms: use mode='full' (with loss_fn; materializes B × P gradients), or "
-            "gdiv.Langevin, which works in norms mode"
-        )
-    if mode == "full":
-        if loss_fn is None:
-            raise ValueError("DiversityMonitor: mode='full' needs loss_fn(output, target) -> scalar (per example)")
-        if grad_scaler is not None:
-            raise ValueError(
-                "DiversityMonitor: grad_scaler is for norms mode; full mode computes per-example gradients "
-                "itself in the parameters' dtype (no loss scaling to undo)"
-            )
-        if isinstance(full_max_bytes, bool) or not isinstance(full_max_bytes, int) or full_max_bytes <= 0:
-            raise ValueError(f"DiversityMonitor: full_max_bytes must be a positive int, got {full_max_bytes!r}")
-    elif loss_fn is not None:
-        raise ValueError("DiversityMonitor: loss_fn is for mode='full'; norms mode reads the gradients of your backward")
-    if optimizer is not None and not hasattr(optimizer, "param_groups"):
-        raise TypeError(f"DiversityMonitor: optimizer must be a torch optimizer (with param_groups), got {type(optimizer).__name__}")
-    if writer is not None and not callable(getattr(writer, "add_scalar", None)):
-        raise TypeError(f"DiversityMonitor: writer must have add_scalar(tag, value, global_step), got {type(writer).__name__}")
-    if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
-        raise TypeError(f"DiversityMonitor: grad_scaler must have get_scale() (a torch.amp.GradScaler), got {type(grad_scaler).__name__}")
-    if lr_rule is not None and (not isinstance(lr_rule, str) or lr_rule not in LR_RULES):
-        raise ValueError(f"DiversityMonitor: lr_rule must be one of {LR_RULES} or None, got {lr_rule!r}")
 
 
 def _sums_of(rows: Tensor) -> Tuple[float, float]:
