@@ -17,6 +17,7 @@ VPY       := $(VENV)/bin/python
 TOOLS_BIN := $(CURDIR)/.tools/bin
 PY_REQS   := python/requirements-dev.txt
 PYTEST_ARGS ?= -q
+T         ?= .
 GO_SRC    := $(shell find gdiv pybridge -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 DEV_STAMP := python/gdiv/.dev-build
 
@@ -52,8 +53,8 @@ $(DEV_STAMP): $(GO_SRC) setup.py | venv py-tools
 
 dev: check-go $(DEV_STAMP) ## fast loop: build the extension in place (rebuilt only when Go changes); Python edits need no install
 
-dev-test: dev ## the Python suite on python/ as it is, without installing (PYTEST_ARGS="-q -x -k monitor")
-	cd python/tests && PYTHONPATH=$(CURDIR)/python ../../$(VPY) -m pytest $(PYTEST_ARGS) .
+dev-test: dev ## the Python suite on python/ as it is, no install (T=test_controller.py, PYTEST_ARGS="-q -x -k monitor")
+	cd python/tests && PYTHONPATH=$(CURDIR)/python ../../$(VPY) -m pytest $(PYTEST_ARGS) $(T)
 
 lint: venv ## ruff check + format check, mypy on the package, gofmt, go vet
 	$(VPY) -m ruff check .

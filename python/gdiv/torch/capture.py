@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from ._audit import UseAudit
 from ._hooks import _in_backward, _OutputGradHook, _suspended, _WeakHook
 from ._units import (
     _compute_dtype,
@@ -40,6 +41,11 @@ from .rules.conv import _conv_rule, conv_method, conv_norms_and_grads
 __all__ = ["PerExampleNorms"]
 
 _LOSS_REDUCTIONS = ("mean", "sum")
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 class PerExampleNorms:
@@ -122,6 +128,10 @@ class PerExampleNorms:
         self._attached = False
         self._generation = 0
         self._replaced = 0  # captures replaced by a later forward since the last reset()
+        self._audit: Optional[UseAudit] = None  # the use audit of the first forward after attach()
+        self._audit_pending = False
+        self._audit_problem: Optional[str] = None
+        self._root_depth = 0
         self._reset_capture()
         self._last_backward: Optional[str] = None  # "train" | "eval" | None
         if attach:
@@ -177,6 +187,9 @@ class PerExampleNorms:
         for name, m in self._model.named_modules():
             if _is_batch_norm(m):
                 handles.append(m.register_forward_pre_hook(_WeakHook(self, "_batch_norm_check", name)))
+        # The root's hooks run the use audit on the first train-mode forward.
+        handles.append(self._model.register_forward_pre_hook(_WeakHook(self, "_root_pre"), prepend=True))
+        handles.append(self._model.register_forward_hook(_WeakHook(self, "_root_post"), always_call=True))
         if hasattr(Tensor, "register_post_accumulate_grad_hook"):
             for _, p in trainable_parameters(self._model):
                 handles.append(p.register_post_accumulate_grad_hook(_WeakHook(self, "_param_hook")))
@@ -190,13 +203,45 @@ class PerExampleNorms:
         self._trainable = frozenset(id(p) for _, p in trainable_parameters(self._model))
         self._param_slots = param_slots(self._model)
         self._attached = True
+        self._audit_pending, self._audit_problem, self._root_depth = True, None, 0
         self._generation += 1
         self._reset_capture()
         return self
 
+    def _root_pre(self, module: nn.Module, args: Any) -> None:
+        self._root_depth += 1
+        if (
+            self._root_depth == 1
+            and self._audit_pending
+            and self._model.training
+            and torch.is_grad_enabled()
+            and not _suspended()
+            and not _in_backward()
+            and not torch.jit.is_tracing()
+            and not _compiling()
+        ):
+            audit = UseAudit([(u.module, u.plist) for u in self._units], self._param_names)
+            if any(u.module is module for u in self._units):
+                audit.running[id(module)] = 1  # the root's own pre-hook added now does not run this call
+            audit.start()
+            self._audit = audit
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._root_depth = max(self._root_depth - 1, 0)
+        if self._root_depth == 0 and self._audit is not None:
+            audit, self._audit = self._audit, None
+            self._audit_pending = False
+            self._audit_problem = audit.stop()
+
+    def _stop_audit(self) -> None:
+        if self._audit is not None:
+            self._audit.stop()
+            self._audit = None
+
     def remove(self) -> None:
         """Remove every hook this object added. Safe to call twice. Norms of the
         last capture are discarded; a backward still in flight is ignored."""
+        self._stop_audit()
         for h in self._handles:
             h.remove()
         for u in self._units:
@@ -510,6 +555,8 @@ class PerExampleNorms:
                 "(model.training is False); PerExampleNorms captures only in train mode. "
                 "Call model.train() before the forward pass whose norms you want."
             )
+        if self._audit_problem is not None:
+            raise CaptureError("gdiv.torch: " + self._audit_problem)
         if self._result is not None:
             return self._result
         changes = param_changes(self._param_slots) if self._attached else []
