@@ -212,3 +212,57 @@ def test_missing_key_is_named(key):
     del state[key]
     with pytest.raises(gdiv.ParamError, match=key):
         trained(1).load_state_dict(state)
+
+
+# A property test over random tampering: whatever a load does with a mutated
+# state, it either succeeds or raises a ValueError/TypeError, and a failed
+# load leaves state_dict() exactly as it was.
+
+_BAD_VALUES = [-5, -1, 0, 1.5, 2**60, float("nan"), float("inf"), "many", None, True, [], {}, [1.0, "x"]]
+
+
+def _paths(d, prefix=()):
+    for k, v in d.items():
+        if k == "history":
+            yield prefix + (k,)
+            continue
+        if isinstance(v, dict):
+            yield from _paths(v, prefix + (k,))
+        yield prefix + (k,)
+
+
+def test_fuzz_failed_loads_change_nothing():
+    import random
+
+    rng = random.Random(12345)
+    src = trained(steps=4).state_dict()
+    paths = list(_paths(src))
+    target = trained(steps=2)
+    failures = 0
+    for _ in range(300):
+        bad = json.loads(json.dumps(src, allow_nan=True))
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(paths)
+            node = bad
+            try:
+                for key in path[:-1]:
+                    node = node[key]
+            except (TypeError, KeyError):
+                continue
+            if not isinstance(node, dict):
+                continue
+            if rng.random() < 0.15:
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = rng.choice(_BAD_VALUES)
+        before = json.dumps(target.state_dict(), allow_nan=True)
+        try:
+            target.load_state_dict(bad)
+        except (ValueError, TypeError):
+            failures += 1
+            assert json.dumps(target.state_dict(), allow_nan=True) == before
+        else:  # an accepted state is a usable one: a further step works
+            backward(target.model, *batch(b=target.batch_size))
+            assert target.step()["step"] == target.steps
+            target.load_state_dict(src)
+    assert failures > 200  # most tamperings are refused
