@@ -22,7 +22,8 @@ import (
 //     the B² of a mean-reduced loss; BatchSumsFromScalars);
 //   - the Langevin correction of a trainer that adds the summed noise once
 //     to the batch gradient (Langevin.SumNoiseStd, ExpectedSumSqNorms);
-//   - the seed stream of mechanisms drawn outside Go's trainer (StepSeed).
+//   - the seed stream of mechanisms drawn outside Go's trainer (StepSeed);
+//   - the measurement cadence (Cadence): which steps are measured at all.
 //
 // A Controller is a value plus a ControllerState: State and SetState make
 // a checkpoint, and a resumed run that observes the same batches makes the
@@ -71,6 +72,51 @@ type ControllerSettings struct {
 	LangevinStd float64
 	// Seed is the base seed of StepSeed.
 	Seed uint64
+	// Cadence says which steps the trainer measures (the zero value: every
+	// step).
+	Cadence Cadence
+}
+
+// Cadence is how often a trainer measures: an unmeasured step costs the
+// trainer no per-example work (its Observation has Unmeasured set) and
+// changes neither the estimate nor the batch; the counters, the LR factor
+// and the Langevin noise still follow it.
+//
+// Every = k measures steps 1, k+1, 2k+1, … (0 or 1: every step). Auto
+// adapts the interval to how fast the smoothed bound moves: it measures
+// every step until the estimator has folded AutoWarmup (8) batches — the
+// EMA's first estimates are the noisiest —, then after each measured step
+// whose smoothed bound moved by more than 10 % (or whose no-signal flag
+// flipped) halves the interval, and after one that moved by less than 2 %
+// doubles it, up to MaxEvery (0: 16). A skipped measurement (non-finite,
+// batch of 1) measures the next step again.
+type Cadence struct {
+	Every    int
+	Auto     bool
+	MaxEvery int
+}
+
+// AutoWarmup is the number of estimated batches before an Auto cadence
+// starts to space out its measurements.
+const AutoWarmup = 8
+
+func (c Cadence) validate() error {
+	switch {
+	case c.Every < 0:
+		return fieldErr("measure_every", "measure every %d steps, want ≥ 1", c.Every)
+	case c.MaxEvery < 0:
+		return fieldErr("max_measure_every", "max measure interval %d, want ≥ 1 (0 means 16)", c.MaxEvery)
+	case c.Auto && c.Every > 1:
+		return fieldErr("measure_every", "a fixed interval (%d) and the adaptive cadence at once", c.Every)
+	}
+	return nil
+}
+
+func (c Cadence) maxEvery() int {
+	if c.MaxEvery == 0 {
+		return 16
+	}
+	return c.MaxEvery
 }
 
 // ControllerState is the complete mutable state of a Controller, for
@@ -88,6 +134,11 @@ type ControllerState struct {
 	Decisions int `json:"decisions"`
 	// FirstBatch is B₀ of the LR rule: the first observed batch (0 before).
 	FirstBatch int `json:"first_batch"`
+	// Interval is the cadence's current interval (1 with the default
+	// cadence) and Wait the number of steps to leave unmeasured before the
+	// next measured one (0: measure the next step).
+	Interval int `json:"interval"`
+	Wait     int `json:"wait"`
 }
 
 // Observation is what a trainer measured in one step.
@@ -121,6 +172,11 @@ type Observation struct {
 
 	Dim                   int
 	NoiseDot, NoiseSqNorm float64
+
+	// Unmeasured marks a step the trainer did not measure (Cadence): only
+	// Batch (and Dim with Langevin noise) is read; the step is counted,
+	// skipped with SkipUnmeasured, and decides nothing.
+	Unmeasured bool
 }
 
 // Skip says why an observation was not estimated.
@@ -136,11 +192,13 @@ const (
 	// mixed-precision gradients that overflowed), or a batch sum
 	// overflowed; a loss scaler skips such a step too.
 	SkipNonFinite
+	// SkipUnmeasured: the trainer did not measure the step (Cadence).
+	SkipUnmeasured
 )
 
-var skipNames = [...]string{NotSkipped: "", SkipBatchOfOne: "batch of 1", SkipNonFinite: "non-finite"}
+var skipNames = [...]string{NotSkipped: "", SkipBatchOfOne: "batch of 1", SkipNonFinite: "non-finite", SkipUnmeasured: "unmeasured"}
 
-// String returns "", "batch of 1" or "non-finite".
+// String returns "", "batch of 1", "non-finite" or "unmeasured".
 func (s Skip) String() string {
 	if s < 0 || int(s) >= len(skipNames) {
 		return fmt.Sprintf("Skip(%d)", int(s))
@@ -173,6 +231,8 @@ type Decision struct {
 	// Err is the error behind SkipNonFinite (wrapping ErrNonFinite or
 	// ErrOverflow), for a trainer that raises instead of skipping.
 	Err error
+	// MeasureNext says whether the cadence measures the next step.
+	MeasureNext bool
 }
 
 // The PCG stream of StepSeed.
@@ -200,6 +260,10 @@ func NewController(s ControllerSettings) (*Controller, error) {
 	case s.Batch < 0:
 		return nil, fieldErr("batch_size", "batch size = %d, want ≥ 1", s.Batch)
 	}
+	if err := s.Cadence.validate(); err != nil {
+		return nil, err
+	}
+	c.state.Interval = 1
 	c.lang = Langevin{Std: s.LangevinStd}
 	if err := c.lang.Validate(); err != nil {
 		return nil, &FieldError{Field: "langevin_std", Err: err}
@@ -292,6 +356,10 @@ func (c *Controller) SetState(s ControllerState) error {
 		return fieldErr("first_batch", "first batch = %d after %d steps, want ≥ 1 once a step was observed (0 before)", s.FirstBatch, s.Steps)
 	case s.Batch < 0:
 		return fieldErr("batch", "batch = %d is negative", s.Batch)
+	case s.Interval < 1 || s.Interval > c.cadenceMax():
+		return fieldErr("interval", "measurement interval = %d, want 1 ≤ interval ≤ %d", s.Interval, c.cadenceMax())
+	case s.Wait < 0 || s.Wait >= s.Interval:
+		return fieldErr("wait", "steps to the next measurement = %d, want 0 ≤ wait < interval = %d", s.Wait, s.Interval)
 	case c.pol != nil && !c.pol.allows(s.Batch):
 		return fieldErr("batch", "batch = %d is not allowed by the policy (a multiple of %d in [%d, %d])", s.Batch, c.pol.MultipleOf, c.pol.MinBatch, c.pol.MaxBatch)
 	}
@@ -345,12 +413,13 @@ func (c *Controller) NoiseStd(batch int) float64 {
 	return c.lang.SumNoiseStd(batch, c.set.Step == MeanStep)
 }
 
-// Observe folds one measured step into the state and returns the decision.
-// A batch of one or a non-finite measurement is skipped (Decision.Skipped;
+// Observe folds one step into the state and returns the decision. A
+// batch of one or a non-finite measurement is skipped (Decision.Skipped;
 // the estimator and the policy are unchanged, the step and example counters
-// advance). It returns an error wrapping ErrParam for an invalid
-// observation (a batch < 1, negative sums or scales, a two-scale pair with
-// BSmall ≥ Batch, a negative Dim), and leaves the state unchanged then.
+// advance), and so is an unmeasured step (Observation.Unmeasured). It
+// returns an error wrapping ErrParam for an invalid observation (a batch <
+// 1, negative sums or scales, a two-scale pair with BSmall ≥ Batch, a
+// negative Dim), and leaves the state unchanged then.
 func (c *Controller) Observe(o Observation) (Decision, error) {
 	if err := c.checkObservation(o); err != nil {
 		return Decision{}, err
@@ -370,26 +439,28 @@ func (c *Controller) Observe(o Observation) (Decision, error) {
 	}
 	st.Steps++
 	st.Examples += b
+	before := c.est.Smoothed()
 
-	est, sumSq, sqSum, err := c.batchEstimate(o, d.NoiseStd)
 	switch {
+	case o.Unmeasured:
+		d.Skipped = SkipUnmeasured
 	case o.BSmall == 0 && b < 2:
 		d.Skipped = SkipBatchOfOne
-	case err != nil:
-		d.Skipped, d.Err = SkipNonFinite, err
 	default:
-		if _, err := c.est.Update(est); err != nil {
+		est, sumSq, sqSum, err := c.batchEstimate(o, d.NoiseStd)
+		if err == nil {
+			_, err = c.est.Update(est)
+		}
+		if err != nil {
 			d.Skipped, d.Err = SkipNonFinite, err
 			break
 		}
 		d.BatchEstimate = est
 		d.SumSqNorms, d.SqNormOfSum = sumSq, sqSum
 	}
-	if d.Skipped == NotSkipped {
-		if c.pol != nil {
-			st.Batch = c.pol.Next(b, c.est.Smoothed(), st.Decisions)
-			st.Decisions++
-		}
+	if d.Skipped == NotSkipped && c.pol != nil {
+		st.Batch = c.pol.Next(b, c.est.Smoothed(), st.Decisions)
+		st.Decisions++
 	}
 	if c.pol == nil {
 		st.Batch = b
@@ -400,7 +471,60 @@ func (c *Controller) Observe(o Observation) (Decision, error) {
 	if c.set.DatasetSize > 0 {
 		d.Diversity = d.Smoothed.BatchBound / float64(c.set.DatasetSize)
 	}
+	c.advanceCadence(d.Skipped, before, d.Smoothed)
+	d.MeasureNext = st.Wait == 0
 	return d, nil
+}
+
+// advanceCadence moves the cadence past one step (see Cadence).
+func (c *Controller) advanceCadence(skipped Skip, before, after Estimate) {
+	st, cad := &c.state, c.set.Cadence
+	switch skipped {
+	case SkipUnmeasured:
+		st.Wait = max(st.Wait-1, 0)
+		return
+	case SkipBatchOfOne, SkipNonFinite:
+		st.Wait = 0 // measure again at once
+		return
+	}
+	switch {
+	case cad.Auto:
+		switch {
+		case c.est.Steps() < AutoWarmup:
+			st.Interval = 1
+		case boundMoved(before, after, 0.10):
+			st.Interval = max(st.Interval/2, 1)
+		case !boundMoved(before, after, 0.02):
+			st.Interval = min(st.Interval*2, cad.maxEvery())
+		}
+	case cad.Every > 1:
+		st.Interval = cad.Every
+	}
+	st.Wait = st.Interval - 1
+}
+
+// boundMoved reports whether the smoothed batch bound moved by more than
+// the relative tolerance tol between two estimates (a flip of no-signal
+// counts as a move).
+func boundMoved(a, b Estimate, tol float64) bool {
+	if a.NoSignal != b.NoSignal {
+		return true
+	}
+	if a.NoSignal {
+		return false
+	}
+	return math.Abs(b.BatchBound-a.BatchBound) > tol*math.Abs(a.BatchBound)
+}
+
+// cadenceMax is the largest interval the cadence uses.
+func (c *Controller) cadenceMax() int {
+	switch cad := c.set.Cadence; {
+	case cad.Auto:
+		return cad.maxEvery()
+	case cad.Every > 1:
+		return cad.Every
+	}
+	return 1
 }
 
 func (c *Controller) checkObservation(o Observation) error {

@@ -286,3 +286,114 @@ func TestStepSeed(t *testing.T) {
 		t.Error("StepSeed ignores the base seed")
 	}
 }
+
+// The cadence: a fixed interval measures steps 1, k+1, …; the adaptive one
+// measures every step through the warm-up and while the bound moves, and
+// doubles its interval (up to MaxEvery) once the bound is steady; a skipped
+// measurement measures again at once; the state round-trips.
+func TestControllerCadence(t *testing.T) {
+	steady := Observation{Batch: 8, SumSqNorms: 80, SqNormBatchGrad: 400}
+	run := func(cad Cadence, n int, obs func(k int) Observation) []bool {
+		c, err := NewController(ControllerSettings{Cadence: cad, EstimatorBeta: 0.5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var measured []bool
+		next := true
+		for k := 1; k <= n; k++ {
+			o := obs(k)
+			o.Unmeasured = !next
+			measured = append(measured, next)
+			d, err := c.Observe(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.Unmeasured != (d.Skipped == SkipUnmeasured) || d.Step != k || c.State().Examples != 8*k {
+				t.Fatalf("step %d: skipped %v, step %d", k, d.Skipped, d.Step)
+			}
+			next = d.MeasureNext
+		}
+		return measured
+	}
+	fixed := run(Cadence{Every: 3}, 9, func(int) Observation { return steady })
+	if want := []bool{true, false, false, true, false, false, true, false, false}; !equalBools(fixed, want) {
+		t.Errorf("Every 3: measured %v, want %v", fixed, want)
+	}
+	auto := run(Cadence{Auto: true, MaxEvery: 4}, 40, func(int) Observation { return steady })
+	var at []int
+	for k, m := range auto {
+		if m {
+			at = append(at, k+1)
+		}
+	}
+	// every step until 8 batches are folded, then intervals 2, 4, 4, … on a steady bound
+	want := []int{1, 2, 3, 4, 5, 6, 7, 8, 10, 14, 18, 22, 26, 30, 34, 38}
+	if !equalInts(at, want) {
+		t.Errorf("auto on a steady bound measured steps %v, want %v", at, want)
+	}
+	// A bound that keeps moving keeps the interval at 1.
+	moving := run(Cadence{Auto: true}, 30, func(k int) Observation {
+		o := steady
+		o.SqNormBatchGrad = 400 * float64(1+k%2*2) // alternating signal: the bound jumps
+		return o
+	})
+	for k, m := range moving {
+		if !m {
+			t.Fatalf("a moving bound left step %d unmeasured", k+1)
+		}
+	}
+	// A non-finite measurement is retried on the next step.
+	c, _ := NewController(ControllerSettings{Cadence: Cadence{Every: 5}})
+	bad := steady
+	bad.SumSqNorms = math.NaN()
+	if d, _ := c.Observe(bad); d.Skipped != SkipNonFinite || !d.MeasureNext {
+		t.Errorf("after a non-finite step: %v, measure next %v", d.Skipped, d.MeasureNext)
+	}
+	if d, _ := c.Observe(steady); d.MeasureNext {
+		t.Error("after a measured step of Every 5 the next step is measured")
+	}
+	st := c.State()
+	if st.Interval != 5 || st.Wait != 4 {
+		t.Errorf("state interval %d wait %d, want 5, 4", st.Interval, st.Wait)
+	}
+	for _, bad := range []ControllerState{{Interval: 0}, {Interval: 6}, {Interval: 5, Wait: 5}, {Interval: 5, Wait: -1}} {
+		s := st
+		s.Interval, s.Wait = bad.Interval, bad.Wait
+		var fe *FieldError
+		if err := c.SetState(s); !errors.As(err, &fe) || (fe.Field != "interval" && fe.Field != "wait") {
+			t.Errorf("SetState(interval %d, wait %d) = %v, want a field error", s.Interval, s.Wait, err)
+		}
+	}
+	if err := c.SetState(st); err != nil {
+		t.Fatal(err)
+	}
+	for _, cad := range []Cadence{{Every: -1}, {MaxEvery: -2}, {Auto: true, Every: 3}} {
+		if _, err := NewController(ControllerSettings{Cadence: cad}); !errors.Is(err, ErrParam) {
+			t.Errorf("cadence %+v: %v, want ErrParam", cad, err)
+		}
+	}
+}
+
+func equalBools(a, b []bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

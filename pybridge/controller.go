@@ -17,23 +17,28 @@ import (
 //	cfg[11]    sampling (0 replacement, 1 shuffle) cfg[12] estimator beta
 //	cfg[13]    step rule (0 sum, 1 mean)           cfg[14] LR rule (0 none, 1 linear, 2 sqrt)
 //	cfg[15]    Langevin std (0: none)              cfg[16:18] seed, high and low halves
+//	cfg[18]    cadence: measure every k steps (0, 1: every step)
+//	cfg[19]    1 for the adaptive cadence           cfg[20] its max interval (0: 16)
 //
 //	state[0:5]  estimator state (stateLen layout)
 //	state[5:10] batch, steps, examples, decisions, first batch
 //	state[10:12] the seed of the next step's mechanism draws (StepSeed), written by Go
+//	state[12:14] the cadence's interval and steps to wait before the next measured step
 //
-//	in[0:11]  batch, sum_sq_norms, sq_norm_batch_grad, mean (0/1), norms scale,
-//	          grad scale, b_small, sq_norm_small, dim, noise_dot, noise_sq_norm
+//	in[0:12]  batch, sum_sq_norms, sq_norm_batch_grad, mean (0/1), norms scale,
+//	          grad scale, b_small, sq_norm_small, dim, noise_dot, noise_sq_norm,
+//	          unmeasured (0/1)
 //
 //	out[0:7]   step, batch, next batch, lr factor, noise std, sum_sq_norms, sq_norm_of_sum
 //	out[7:13]  the per-batch estimate (estimateLen layout)
 //	out[13:19] the smoothed estimate
 //	out[19]    diversity (NaN: unknown)             out[20] skip code (gdiv.Skip)
+//	out[21]    1 if the cadence measures the next step
 const (
-	ctrlCfgLen   = 18
-	ctrlStateLen = 12
-	ctrlInLen    = 11
-	ctrlOutLen   = 21
+	ctrlCfgLen   = 21
+	ctrlStateLen = 14
+	ctrlInLen    = 12
+	ctrlOutLen   = 22
 )
 
 func splitSeed(o []float64, s uint64) { o[0], o[1] = float64(s>>32), float64(s&0xffffffff) }
@@ -56,11 +61,12 @@ func joinSeed(v []float64, what string) (uint64, error) {
 // readController builds the controller of the settings at cfg.
 func readController(cfg uintptr) (*gdiv.Controller, error) {
 	v := outBuf(cfg, ctrlCfgLen)
-	var ints [6]int
+	var ints [9]int
 	for i, f := range []struct {
 		name string
 		at   int
-	}{{"has_policy", 8}, {"batch_size", 9}, {"dataset_size", 10}, {"sampling", 11}, {"step", 13}, {"lr_rule", 14}} {
+	}{{"has_policy", 8}, {"batch_size", 9}, {"dataset_size", 10}, {"sampling", 11}, {"step", 13}, {"lr_rule", 14},
+		{"measure_every", 18}, {"measure_auto", 19}, {"max_measure_every", 20}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return nil, &gdiv.FieldError{Field: f.name, Err: err}
@@ -75,6 +81,7 @@ func readController(cfg uintptr) (*gdiv.Controller, error) {
 		Batch: ints[1], DatasetSize: ints[2], Sampling: gdiv.Sampling(ints[3]),
 		EstimatorBeta: v[12], Step: gdiv.StepRule(ints[4]), LR: gdiv.LRRule(ints[5]),
 		LangevinStd: v[15], Seed: seed,
+		Cadence: gdiv.Cadence{Every: ints[6], Auto: ints[7] != 0, MaxEvery: ints[8]},
 	}
 	if ints[0] != 0 {
 		p, err := readPolicy(cfg)
@@ -93,15 +100,19 @@ func readCtrlState(addr uintptr) (gdiv.ControllerState, error) {
 		return gdiv.ControllerState{}, &gdiv.FieldError{Field: "estimator", Err: err}
 	}
 	v := outBuf(addr, ctrlStateLen)
-	var ints [5]int
-	for i, name := range []string{"batch", "steps", "examples", "decisions", "first_batch"} {
-		k, err := intOf(name, v[5+i])
+	var ints [7]int
+	for i, f := range []struct {
+		name string
+		at   int
+	}{{"batch", 5}, {"steps", 6}, {"examples", 7}, {"decisions", 8}, {"first_batch", 9}, {"interval", 12}, {"wait", 13}} {
+		k, err := intOf(f.name, v[f.at])
 		if err != nil {
-			return gdiv.ControllerState{}, &gdiv.FieldError{Field: name, Err: err}
+			return gdiv.ControllerState{}, &gdiv.FieldError{Field: f.name, Err: err}
 		}
 		ints[i] = k
 	}
-	return gdiv.ControllerState{Estimator: est, Batch: ints[0], Steps: ints[1], Examples: ints[2], Decisions: ints[3], FirstBatch: ints[4]}, nil
+	return gdiv.ControllerState{Estimator: est, Batch: ints[0], Steps: ints[1], Examples: ints[2], Decisions: ints[3], FirstBatch: ints[4],
+		Interval: ints[5], Wait: ints[6]}, nil
 }
 
 func writeCtrlState(addr uintptr, c *gdiv.Controller) {
@@ -111,6 +122,7 @@ func writeCtrlState(addr uintptr, c *gdiv.Controller) {
 	o[0], o[1], o[2], o[3], o[4] = e.Beta, float64(e.Steps), e.EMAM2, e.EMAG, e.Weight
 	o[5], o[6], o[7], o[8], o[9] = float64(st.Batch), float64(st.Steps), float64(st.Examples), float64(st.Decisions), float64(st.FirstBatch)
 	splitSeed(o[10:12], c.StepSeed(st.Steps+1))
+	o[12], o[13] = float64(st.Interval), float64(st.Wait)
 }
 
 // ControllerInit validates the settings at cfg, writes the initial state
@@ -170,11 +182,11 @@ func ControllerObserve(cfg, state, in, out uintptr) (_ int, err error) {
 		return 0, err
 	}
 	v := outBuf(in, ctrlInLen)
-	var ints [4]int
+	var ints [5]int
 	for i, f := range []struct {
 		name string
 		at   int
-	}{{"batch", 0}, {"mean", 3}, {"b_small", 6}, {"dim", 8}} {
+	}{{"batch", 0}, {"mean", 3}, {"b_small", 6}, {"dim", 8}, {"unmeasured", 11}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return 0, &gdiv.FieldError{Field: f.name, Err: err}
@@ -184,7 +196,7 @@ func ControllerObserve(cfg, state, in, out uintptr) (_ int, err error) {
 	d, err := c.Observe(gdiv.Observation{
 		Batch: ints[0], SumSqNorms: v[1], SqNormBatchGrad: v[2], Mean: ints[1] != 0,
 		NormsScale: v[4], GradScale: v[5], BSmall: ints[2], SqNormSmall: v[7],
-		Dim: ints[3], NoiseDot: v[9], NoiseSqNorm: v[10],
+		Dim: ints[3], NoiseDot: v[9], NoiseSqNorm: v[10], Unmeasured: ints[4] != 0,
 	})
 	if err != nil {
 		return 0, err
@@ -195,6 +207,10 @@ func ControllerObserve(cfg, state, in, out uintptr) (_ int, err error) {
 	writeEstimate(o[7:13], d.BatchEstimate)
 	writeEstimate(o[13:19], d.Smoothed)
 	o[19], o[20] = d.Diversity, float64(d.Skipped)
+	o[21] = 0
+	if d.MeasureNext {
+		o[21] = 1
+	}
 	writeCtrlState(state, c)
 	return int(d.Skipped), nil
 }

@@ -24,7 +24,7 @@ from .policy import LR_RULES, BatchSizePolicy
 
 __all__ = ["Controller", "Decision", "EstimatorView", "SKIP_REASONS", "step_seed"]
 
-_CFG, _STATE, _IN, _OUT = 18, 12, 11, 21
+_CFG, _STATE, _IN, _OUT = 21, 14, 12, 22
 _CfgBuf = ctypes.c_double * _CFG
 _StateBuf = ctypes.c_double * _STATE
 _InBuf = ctypes.c_double * _IN
@@ -33,10 +33,11 @@ _PolBuf = ctypes.c_double * 8
 _addressof = ctypes.addressof
 _make_estimate = Estimate._make  # type: ignore[attr-defined]
 
-SKIP_REASONS = (None, "batch of 1", "non-finite")
+SKIP_REASONS = (None, "batch of 1", "non-finite", "unmeasured")
 """``Decision.skipped`` by Go's skip code (gdiv.Skip)."""
 
-_STATE_KEYS = ("batch", "steps", "examples", "decisions", "first_batch")
+_STATE_KEYS = ("batch", "steps", "examples", "decisions", "first_batch")  # state[5:10]
+_CADENCE_KEYS = ("interval", "wait")  # state[12:14]
 _EST_KEYS = ("beta", "steps", "ema_m2", "ema_g", "weight")
 
 
@@ -86,7 +87,8 @@ class Decision:
         estimate: the per-batch :class:`gdiv.Estimate`; smoothed: the
             smoothed one after the step.
         diversity: smoothed batch bound / n (None without dataset_size).
-        skipped: None, "batch of 1" or "non-finite".
+        skipped: None, "batch of 1", "non-finite" or "unmeasured".
+        measure_next: whether the cadence measures the next step.
     """
 
     __slots__ = (
@@ -101,6 +103,7 @@ class Decision:
         "smoothed",
         "diversity",
         "skipped",
+        "measure_next",
     )
 
     def __init__(self, o: Any) -> None:
@@ -115,6 +118,7 @@ class Decision:
         self.smoothed = _make_estimate(o[13:19])
         self.diversity = None if math.isnan(o[19]) else o[19]
         self.skipped = SKIP_REASONS[int(o[20])]
+        self.measure_next = o[21] != 0.0
 
     def __repr__(self) -> str:
         return "Decision(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -140,6 +144,12 @@ class Controller:
         langevin_std: σ ≥ 0 of Langevin noise added once to the summed
             gradient (norms mode); 0 for none.
         seed: base seed of the per-step mechanism seeds (None draws one).
+        measure_every: the cadence: an integer k ≥ 1 (measure steps 1,
+            k+1, 2k+1, …) or "auto" (every step while the estimate settles
+            and whenever the smoothed bound moves by > 10 %, doubling the
+            interval after each step that moved it < 2 %, up to
+            ``max_measure_every``); see :attr:`Decision.measure_next`.
+        max_measure_every: the adaptive cadence's largest interval.
 
     Raises:
         gdiv.ParamError: a bad setting; ``err.field`` names it.
@@ -159,6 +169,8 @@ class Controller:
         lr_rule: str = "none",
         langevin_std: float = 0.0,
         seed: Optional[int] = None,
+        measure_every: Any = 1,
+        max_measure_every: int = 16,
     ) -> None:
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
@@ -174,6 +186,11 @@ class Controller:
         for name, fv in (("estimator_beta", estimator_beta), ("langevin_std", langevin_std)):
             if isinstance(fv, bool) or not isinstance(fv, (int, float)) and not hasattr(fv, "__float__"):
                 raise ParamError(f"{name} = {fv!r}: want a real number")
+        auto = measure_every == "auto"
+        if not auto and (isinstance(measure_every, bool) or not isinstance(measure_every, int) or measure_every < 1):
+            raise ParamError(f"measure_every = {measure_every!r}: want an integer ≥ 1 or 'auto'")
+        if isinstance(max_measure_every, bool) or not isinstance(max_measure_every, int) or max_measure_every < 1:
+            raise ParamError(f"max_measure_every = {max_measure_every!r}: want an integer ≥ 1")
         self.seed = _check_seed(seed)
         self._settings = {
             "policy": policy,
@@ -184,6 +201,8 @@ class Controller:
             "loss_reduction": loss_reduction,
             "lr_rule": lr_rule,
             "langevin_std": float(langevin_std),
+            "measure_every": measure_every,
+            "max_measure_every": max_measure_every,
         }
         cfg = _CfgBuf()
         if policy is not None:
@@ -197,6 +216,9 @@ class Controller:
         cfg[14] = float(LR_RULES.index(lr_rule))
         cfg[15] = float(langevin_std)
         cfg[16], cfg[17] = _split(self.seed)
+        cfg[18] = 0.0 if auto else float(measure_every)
+        cfg[19] = 1.0 if auto else 0.0
+        cfg[20] = float(max_measure_every)
         state = _StateBuf()
         pol = _PolBuf()
         try:
@@ -250,6 +272,11 @@ class Controller:
         return _join(self._state[10], self._state[11])
 
     @property
+    def measure_next(self) -> bool:
+        """Whether the cadence measures the next step."""
+        return self._state[13] == 0.0
+
+    @property
     def lr_factor(self) -> float:
         """The last step's LR factor (1.0 before the first step)."""
         return self._last_factor
@@ -286,6 +313,7 @@ class Controller:
         noise_sq_norm: float = 0.0,
         b_small: int = 0,
         sq_norm_small: float = 0.0,
+        unmeasured: bool = False,
     ) -> Decision:
         """Fold one measured step into the state (one Go call) and decide.
 
@@ -304,6 +332,8 @@ class Controller:
                 :attr:`next_seed`; afterwards add ``noise_std·ξ`` to g.
             b_small, sq_norm_small: the two-scale pair instead of
                 per-example norms: local batch and mean of ‖ḡ_local‖².
+            unmeasured: a step the trainer did not measure (the cadence):
+                only ``batch`` (and ``dim`` with Langevin noise) is read.
 
         Raises:
             gdiv.ParamError: an invalid observation (state unchanged).
@@ -320,6 +350,7 @@ class Controller:
             float(dim),
             noise_dot,
             noise_sq_norm,
+            1.0 if unmeasured else 0.0,
         ]
         try:
             lib.ControllerObserve(_addressof(self._cfg), _addressof(self._state), _addressof(self._in), _addressof(self._out))
@@ -335,6 +366,7 @@ class Controller:
         """The complete state as plain data (the settings are not state)."""
         st = self._state
         d: Dict[str, Any] = {k: int(st[5 + i]) for i, k in enumerate(_STATE_KEYS)}
+        d.update({k: int(st[12 + i]) for i, k in enumerate(_CADENCE_KEYS)})
         est = {k: st[i] for i, k in enumerate(_EST_KEYS)}
         est["steps"] = int(est["steps"])
         d["estimator"] = est
@@ -357,6 +389,8 @@ class Controller:
                 buf[i] = _real(f"estimator.{k}", est[k])
             for i, k in enumerate(_STATE_KEYS):
                 buf[5 + i] = _real(k, state[k])
+            for i, k in enumerate(_CADENCE_KEYS):
+                buf[12 + i] = _real(k, state[k])
             factor = _real("lr_factor", state.get("lr_factor", 1.0))
         except (KeyError, TypeError) as e:
             raise ParamError(f"controller state: missing or malformed field {e}") from None

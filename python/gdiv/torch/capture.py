@@ -132,6 +132,11 @@ class PerExampleNorms:
         self._audit_pending = False
         self._audit_problem: Optional[str] = None
         self._root_depth = 0
+        # Inert (unmeasured steps of a monitor's cadence): the hooks return at
+        # a flag check; the root's pre-hook only notes the batch size.
+        self.enabled = True
+        self._inert_batch: Optional[int] = None
+        self._inert_forwards = 0
         self._reset_capture()
         self._last_backward: Optional[str] = None  # "train" | "eval" | None
         if attach:
@@ -188,7 +193,7 @@ class PerExampleNorms:
             if _is_batch_norm(m):
                 handles.append(m.register_forward_pre_hook(_WeakHook(self, "_batch_norm_check", name)))
         # The root's hooks run the use audit on the first train-mode forward.
-        handles.append(self._model.register_forward_pre_hook(_WeakHook(self, "_root_pre"), prepend=True))
+        handles.append(self._model.register_forward_pre_hook(_WeakHook(self, "_root_pre"), prepend=True, with_kwargs=True))
         handles.append(self._model.register_forward_hook(_WeakHook(self, "_root_post"), always_call=True))
         if hasattr(Tensor, "register_post_accumulate_grad_hook"):
             for _, p in trainable_parameters(self._model):
@@ -208,8 +213,17 @@ class PerExampleNorms:
         self._reset_capture()
         return self
 
-    def _root_pre(self, module: nn.Module, args: Any) -> None:
+    def _root_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._root_depth += 1
+        if not self.enabled:
+            if self._root_depth == 1 and self._model.training and torch.is_grad_enabled():
+                self._inert_forwards += 1
+                bd = self.batch_dim
+                x = args[0] if args and isinstance(args[0], Tensor) else None
+                if x is None or x.dim() <= bd:
+                    x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
+                self._inert_batch = None if x is None else int(x.shape[bd])
+            return None
         if (
             self._root_depth == 1
             and self._audit_pending
@@ -225,6 +239,13 @@ class PerExampleNorms:
                 audit.running[id(module)] = 1  # the root's own pre-hook added now does not run this call
             audit.start()
             self._audit = audit
+
+    def _take_inert_batch(self) -> Tuple[Optional[int], int]:
+        """(the batch of the last inert train-mode forward, the number of
+        such forwards) since the last call; both reset."""
+        out = (self._inert_batch, self._inert_forwards)
+        self._inert_batch, self._inert_forwards = None, 0
+        return out
 
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._root_depth = max(self._root_depth - 1, 0)
@@ -291,13 +312,13 @@ class PerExampleNorms:
         self._result: Optional[Tuple[Tensor, Dict[str, Tensor], float]] = None
 
     def _batch_norm_check(self, name: str, module: nn.Module, args: Any) -> None:
-        if _suspended() or not torch.is_grad_enabled() or not self._model.training:
+        if not self.enabled or _suspended() or not torch.is_grad_enabled() or not self._model.training:
             return
         if _uses_batch_stats(module):
             raise UnsupportedModuleError(batch_norm_message(module, _display(name)))
 
     def _forward_hook(self, unit: _Unit, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not torch.is_grad_enabled() or _suspended():
+        if not self.enabled or not torch.is_grad_enabled() or _suspended():
             return
         # Fast paths (one tensor output; one positional tensor input, no
         # kwargs: every rule-handled layer) skip the pytree walks.
@@ -373,6 +394,7 @@ class PerExampleNorms:
         now (see ``rules.fused_conv``): the forward hooks will capture this call."""
         return (
             self._attached
+            and self.enabled
             and self._model.training
             and torch.is_grad_enabled()
             and not _suspended()
@@ -420,7 +442,7 @@ class PerExampleNorms:
         self._last_backward = "eval"
 
     def _param_hook(self, p: Tensor) -> None:
-        if not _suspended():
+        if self.enabled and not _suspended():
             self._grad_params.add(id(p))
 
     def _grad_hook(self, rec: _Record, slot: int, grad: Tensor) -> None:
@@ -647,6 +669,7 @@ class PerExampleNorms:
     def reset(self) -> None:
         """Forget the current capture (hooks stay attached)."""
         self._replaced = 0  # captures a later forward replaced since the last reset
+        self._inert_batch, self._inert_forwards = None, 0
         self._generation += 1
         self._reset_capture()
         self._last_backward = None

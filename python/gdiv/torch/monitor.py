@@ -109,6 +109,16 @@ class DiversityMonitor:
             :class:`gdiv.torch.PerExampleNorms`; swaps their class while
             attached). False: leave the modules alone.
         attach: attach the hooks now (norms mode).
+        measure_every: the measurement cadence (norms mode): an integer k
+            (measure steps 1, k+1, 2k+1, …) or "auto" (Go's adaptive
+            cadence: every step until the estimate settles and whenever the
+            smoothed bound moves, up to ``max_measure_every``). On an
+            unmeasured step the hooks are inert (a flag check), ``step()``
+            only counts it, applies the LR rule (and Langevin noise) and
+            returns a record with ``skipped="unmeasured"`` that is not added
+            to :attr:`history`; the batch size changes only after measured
+            steps.
+        max_measure_every: the adaptive cadence's largest interval.
 
     Raises:
         ValueError: bad or inconsistent options (each named).
@@ -151,7 +161,14 @@ class DiversityMonitor:
         batch_dim: int = 0,
         fuse_conv: bool = True,
         attach: bool = True,
+        measure_every: Union[int, str] = 1,
+        max_measure_every: int = 16,
     ) -> None:
+        if mode == "full" and measure_every != 1:
+            raise ValueError(
+                "DiversityMonitor: measure_every is for norms mode; full mode computes the per-example gradients "
+                "its mechanism needs on every step anyway"
+            )
         check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
                        optimizer, writer, lr_rule)
         if policy is not None and not isinstance(policy, BatchSizePolicy):
@@ -173,6 +190,8 @@ class DiversityMonitor:
             lr_rule=lr_rule,
             langevin_std=mechanism.std if mode == "norms" and isinstance(mechanism, Langevin) else 0.0,
             seed=seed,
+            measure_every=measure_every,
+            max_measure_every=max_measure_every,
         )
         self._model = model
         self.loss_reduction = loss_reduction
@@ -469,6 +488,8 @@ class DiversityMonitor:
                 ``PerExampleNorms.sq_norms``).
             gdiv.NonFiniteError: NaN/Inf gradients with on_nonfinite="raise".
         """
+        if self._norms is not None and not self._norms.enabled:
+            return self._unmeasured_step(loss, inputs, targets)
         seed = None
         if self.mode == "full":
             if inputs is not None:
@@ -510,6 +531,8 @@ class DiversityMonitor:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        if self._norms is not None:
+            self._norms.enabled = d.measure_next
         rec = _record(d, self.controller.examples, lr, loss, self.dataset_size)
         self.history.append(rec)
         if self.writer is not None:
@@ -519,6 +542,39 @@ class DiversityMonitor:
                     self.writer.add_scalar(f"gdiv/{key}", v, d.step)
             self.writer.add_scalar("gdiv/skipped", 0.0 if d.skipped is None else 1.0, d.step)
         return rec
+
+    def _unmeasured_step(self, loss: Any, inputs: Any, targets: Any) -> Dict[str, Any]:
+        """A step the cadence does not measure: the hooks were inert (no
+        capture); the controller counts it and gives the LR factor (and the
+        Langevin noise, which training still gets). Not in :attr:`history`."""
+        norms = self._norms
+        assert norms is not None
+        if inputs is not None or targets is not None:
+            raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
+        batch, forwards = norms._take_inert_batch()
+        if forwards > 1:
+            raise CaptureError(
+                f"gdiv.torch: {forwards} forward passes ran since the last monitor.step(); gradient accumulation over "
+                "several backward passes per step is not supported yet: call monitor.step() after each backward"
+            )
+        if batch is None:
+            raise CaptureError(
+                "gdiv.torch: no train-mode forward pass of the model (with gradients, through its own forward) since "
+                "the last monitor.step(): run the forward and loss.backward() first"
+            )
+        kw: Dict[str, Any] = {"unmeasured": True}
+        seed = None
+        if self.controller.settings["langevin_std"] > 0:
+            seed = self.controller.next_seed
+            kw["dim"] = sum(p.numel() for p in self._trainable())
+        d = self.controller.observe(batch, 0.0, 0.0, **kw)
+        if seed is not None and d.noise_std != 0:
+            self._noise.add_(self._trainable(), seed, d.noise_std)
+        lr = self._set_lr(batch, d.lr_factor)
+        norms.enabled = d.measure_next
+        if isinstance(loss, Tensor):
+            loss = float(loss.detach().reshape(()).item())
+        return _record(d, self.controller.examples, lr, None if loss is None else float(loss), self.dataset_size)
 
     # ------------------------------------------------------- checkpoints ---
 
@@ -601,6 +657,9 @@ class DiversityMonitor:
         self._force_lr = base_lrs is not None
         self.history = [dict(r) for r in history]
         self._pending = None
+        if self._norms is not None:
+            self._norms.enabled = controller.measure_next
+            self._norms.reset()
 
     def __repr__(self) -> str:
         bb = self.controller.smoothed.batch_bound
