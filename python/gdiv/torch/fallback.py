@@ -5,7 +5,8 @@ torch.func fallback"."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+from typing import cast as typing_cast  # vmap_grads has a local cast()
 
 import torch
 from torch import Tensor, nn
@@ -79,11 +80,11 @@ def vmap_grads(rec: _Record, batch_dim: int, workspace_bytes: int) -> Dict[str, 
         state = {"m." + k: v for k, v in {**constants, **params}.items()}
         out = torch.func.functional_call(_OwnForward(module), state, tuple(args), kwargs)
         outs, _ = pytree.tree_flatten(out)
-        total = None
+        total: Optional[Tensor] = None
         for j, g in zip(out_pos, gs):
             term = (outs[j] * g).sum()
             total = term if total is None else total + term
-        return total
+        return typing_cast(Tensor, total)  # not None: a record has at least one output gradient
 
     per_example = sum(p.numel() for p in train.values()) * torch.finfo(dtype).bits // 8
     chunk = max(1, workspace_bytes // max(1, per_example))
@@ -112,8 +113,8 @@ def vmap_grads(rec: _Record, batch_dim: int, workspace_bytes: int) -> Dict[str, 
 def fallback_norms(rec: _Record, batch_dim: int, workspace_bytes: int) -> Tensor:
     """The call's per-example squared norms, (B,) float64, summed over the
     unit's parameters, from :func:`vmap_grads`."""
-    total = None
+    total: Optional[Tensor] = None
     for g in vmap_grads(rec, batch_dim, workspace_bytes).values():
         sq = row_sq_norms64(g)
         total = sq if total is None else total + sq
-    return total
+    return typing_cast(Tensor, total)  # not None: a unit has at least one trainable parameter

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModuleError
 from ._registry import SEQUENCE_METHODS, RuleContext
 
-
 # row_sq_norms: rows longer than _NORM_DIRECT elements are normed per block of
 # _NORM_BLOCK elements.
 _NORM_DIRECT = 1 << 14

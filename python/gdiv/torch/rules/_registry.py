@@ -6,7 +6,7 @@ rules"."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, FrozenSet, Optional, Tuple, Type
+from typing import Callable, Dict, FrozenSet, Optional, Type, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -44,12 +44,18 @@ class RuleContext:
     name: str = ""
 
 
-NormRule = Callable[[nn.Module, Tuple[Tensor, ...], Tensor, RuleContext], Dict[str, Tensor]]
+# fn(layer, inputs, grad_output, ctx) -> {param name: (B,) squared norms}:
+# layer is an instance of a registered type, inputs a Tuple[Tensor, ...]. The
+# arguments are left open (...) so that a rule may type ``layer`` as the
+# concrete class it is registered for (nn.Linear, nn.Conv2d, ...): a Callable
+# taking nn.Module would refuse those (parameters are contravariant).
+NormRule = Callable[..., Dict[str, Tensor]]
+_R = TypeVar("_R", bound=NormRule)
 
 _RULES: Dict[Type[nn.Module], NormRule] = {}
 
 
-def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[NormRule], NormRule]:
+def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[_R], _R]:
     """Register ``fn`` as the per-example squared-norm rule of ``module_types``.
 
     Example:
@@ -66,7 +72,7 @@ def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[NormRule], N
         if not (isinstance(t, type) and issubclass(t, nn.Module)):
             raise TypeError(f"register_norm_rule: {t!r} is not an nn.Module subclass")
 
-    def deco(fn: NormRule) -> NormRule:
+    def deco(fn: _R) -> _R:
         for t in module_types:
             _RULES[t] = fn
         return fn

@@ -36,6 +36,11 @@ class ConvGeometry:
     padding_mode: str = "zeros"
 
 
+# What the helpers below accept: a conv layer or its ConvGeometry (they read
+# the same attributes of either).
+ConvLike = Union[nn.modules.conv._ConvNd, ConvGeometry]
+
+
 def conv_geometry(layer) -> ConvGeometry:
     """The layer's arguments as a :class:`ConvGeometry` (itself if it is one)."""
     if isinstance(layer, ConvGeometry):
@@ -62,7 +67,7 @@ def _weight_shape(layer) -> Tuple[int, ...]:
     return (layer.out_channels, layer.in_channels // layer.groups) + tuple(layer.kernel_size)
 
 
-def conv_padding(layer: nn.modules.conv._ConvNd) -> List[Tuple[int, int]]:
+def conv_padding(layer: ConvLike) -> List[Tuple[int, int]]:
     """(left, right) padding per spatial dim, as the layer's forward applies it
     (``padding="same"`` puts the odd extra element on the right, like torch)."""
     n = len(layer.kernel_size)
@@ -77,7 +82,7 @@ def conv_padding(layer: nn.modules.conv._ConvNd) -> List[Tuple[int, int]]:
     return [(p, p) for p in layer.padding]
 
 
-def _pad_input(x: Tensor, layer: nn.modules.conv._ConvNd, keep_symmetric_zeros: bool) -> Tuple[Tensor, List[int]]:
+def _pad_input(x: Tensor, layer: ConvLike, keep_symmetric_zeros: bool) -> Tuple[Tensor, List[int]]:
     """The input padded as the layer's forward pads it, and the (symmetric,
     zero) padding still to apply. With ``keep_symmetric_zeros``, symmetric
     zero padding is left to the caller (a convolution applies it without a
@@ -99,7 +104,7 @@ def _pad_args(layer, keep_symmetric_zeros: bool) -> Tuple[Optional[Tuple[int, ..
     return tuple(p for pair in reversed(pads) for p in pair), mode, none  # F.pad: last dim first
 
 
-def _unfold_padded(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
+def _unfold_padded(x: Tensor, layer: ConvLike) -> Tensor:
     """:func:`unfold_conv_input` of an input already padded: one strided view
     (B, C, k_1..k_n, L_1..L_n), copied once by the reshape."""
     view = _unfold_view(x, layer)
@@ -125,7 +130,7 @@ def _unfold_view(x: Tensor, layer) -> Tensor:
     return view
 
 
-def unfold_conv_input(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
+def unfold_conv_input(x: Tensor, layer: ConvLike) -> Tensor:
     """Unfold (B, C, S_1..S_n) into (B, C·k_1···k_n, L), L = number of output
     positions (``F.unfold``'s layout), rows ordered like
     ``weight.reshape(C_out, -1)``'s columns.
@@ -137,7 +142,7 @@ def unfold_conv_input(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
     return _unfold_padded(_pad_input(x, layer, keep_symmetric_zeros=False)[0], layer)
 
 
-def im2col(x: Tensor, layer: nn.modules.conv._ConvNd) -> Tensor:
+def im2col(x: Tensor, layer: ConvLike) -> Tensor:
     """(B, L, C·k_1···k_n): :func:`unfold_conv_input` transposed (a view)."""
     return unfold_conv_input(x, layer).transpose(1, 2)
 
@@ -158,7 +163,7 @@ def _shape_only(shape: Tuple[int, ...], *donors: Tensor) -> Tensor:
     return donors[0].new_empty(shape)
 
 
-def _conv_grads_grouped(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor, padding: Sequence[int]) -> Tensor:
+def _conv_grads_grouped(layer: ConvLike, x: Tensor, g: Tensor, padding: Sequence[int]) -> Tensor:
     """Per-example weight gradients (B, C_out, C_in/groups, k_1..k_n) by one
     grouped convolution backward, from the input ``x`` as :func:`_pad_input`
     leaves it and the zero ``padding`` still to apply. The batch is folded
@@ -196,7 +201,7 @@ def _conv_grads_grouped_bias(
     return gw, gb
 
 
-def _conv_grads_unfold(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor) -> Tensor:
+def _conv_grads_unfold(layer: ConvLike, x: Tensor, g: Tensor) -> Tensor:
     """Per-example weight gradients, transposed per group: (B·groups,
     C_in/groups·K, C_out/groups), from the fully padded input ``x``, by im2col
     and one batched matrix product. Memory B · C_in·K · L for the columns:
@@ -218,11 +223,11 @@ _UNFOLD_MAX_CHANNELS = 4
 _MIN_CONV_CHUNK = 8
 
 
-def _uses_unfold(layer: nn.modules.conv._ConvNd) -> bool:
+def _uses_unfold(layer: ConvLike) -> bool:
     return layer.in_channels // layer.groups <= _UNFOLD_MAX_CHANNELS
 
 
-def per_example_conv_grads(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor) -> Tensor:
+def per_example_conv_grads(layer: ConvLike, x: Tensor, g: Tensor) -> Tensor:
     """Per-example gradients of a convolution's weight, (B, C_out, C_in/groups,
     k_1..k_n), from its input ``x`` (B, C_in, S_1..S_n) and output gradient
     ``g`` (B, C_out, L_1..L_n): im2col + bmm for layers with few input channels
@@ -237,7 +242,7 @@ def per_example_conv_grads(layer: nn.modules.conv._ConvNd, x: Tensor, g: Tensor)
     return w.reshape((b,) + _weight_shape(layer))
 
 
-def conv_method(layer: nn.modules.conv._ConvNd, g: Tensor, ctx: RuleContext) -> str:
+def conv_method(layer: ConvLike, g: Tensor, ctx: RuleContext) -> str:
     """"gram" (im2col, then the Gram trick) or "materialize" (per-example
     weight gradients) for this call: ``ctx.sequence_method``, or for "auto"
     whichever needs fewer flops per example and group, T² (d_in + d_out)
@@ -397,13 +402,17 @@ def conv_per_example(
         if whole:
             sq_w, sq_b = part_w, part_b
         else:
+            assert sq_w is not None  # allocated above when not whole
             sq_w[start:stop] = part_w
             if part_b is not None:
+                assert sq_b is not None  # part_b is set only with bias and not total, as is sq_b
                 sq_b[start:stop] = part_b
     if sums and plan.unfold:
+        assert w_sum is not None  # set by the first chunk (there is at least one)
         if bias:
             b_sum = w_sum[:, k_in].reshape(c_out).clone()  # not a view that keeps w_sum alive in .grad
         w_sum = w_sum[:, :k_in].transpose(1, 2).reshape(plan.weight_shape)
+    assert sq_w is not None  # allocated before the loop, or set by its one chunk
     return sq_w, sq_b, w_sum, b_sum
 
 
@@ -417,6 +426,7 @@ def conv_norms_and_grads(
     those norms are taken of — the layer's own weight gradient need not be
     computed as well. See :func:`conv_per_example`."""
     sq, _, w_sum, b_sum = conv_per_example(geom, x, g, ctx, bias, sums=True, total=True)
+    assert w_sum is not None  # sums=True
     return sq, w_sum, b_sum
 
 

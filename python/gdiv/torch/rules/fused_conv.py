@@ -8,13 +8,13 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import weakref
-from typing import Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import ConvGeometry, conv_geometry, conv_padding
+from .conv import ConvGeometry, ConvLike, conv_geometry, conv_padding
 
 __all__ = ["bind", "unbind", "bound_owner", "fusable_module", "FUSED_NODE"]
 
@@ -80,7 +80,7 @@ def _autocast_on(device_type: str) -> bool:
         return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
-def _geometry(layer: nn.modules.conv._ConvNd) -> Optional[ConvGeometry]:
+def _geometry(layer: ConvLike) -> Optional[ConvGeometry]:
     """The aten.convolution arguments of the layer's forward, after the
     padding it applies with F.pad (non-zero padding modes); None where the
     forward pads asymmetrically (``padding="same"`` with an even kernel
@@ -96,7 +96,15 @@ def _geometry(layer: nn.modules.conv._ConvNd) -> Optional[ConvGeometry]:
     return dataclasses.replace(geom, padding=padding, padding_mode="zeros")
 
 
-class _FusedConvMixin:
+if TYPE_CHECKING:
+    # For the type checker only: the mixin is always combined with a conv
+    # class (_fused_class), whose attributes (weight, padding, ...) it reads.
+    _MixinBase = nn.modules.conv._ConvNd
+else:
+    _MixinBase = object
+
+
+class _FusedConvMixin(_MixinBase):
     """The forward of the swapped-in classes (python/README.md, "Fused convolutions")."""
 
     _gdiv_unfused: type  # the original class (its rule, its repr name)
@@ -108,7 +116,8 @@ class _FusedConvMixin:
         # Copies (copy.deepcopy) and pickles of a swapped module are of the
         # original class: plain modules, which a later PerExampleNorms may fuse.
         rv = super().__reduce_ex__(protocol)
-        if isinstance(rv, tuple) and len(rv) >= 2 and rv[0] is copyreg.__newobj__ and tuple(rv[1]) == (type(self),):
+        # copyreg.__newobj__ exists at runtime; typeshed does not declare it.
+        if isinstance(rv, tuple) and len(rv) >= 2 and rv[0] is copyreg.__newobj__ and tuple(rv[1]) == (type(self),):  # type: ignore[attr-defined]
             rv = (_new_unfused, (self._gdiv_unfused,)) + tuple(rv[2:])
         return rv
 
@@ -135,6 +144,7 @@ class _FusedConvMixin:
             or _autocast_on(input.device.type)
         ):
             return base.forward(self, input)
+        assert entry is not None  # owner, not None, came from it
         key = (self.padding, self.padding_mode, self.stride, self.dilation, self.groups, self.kernel_size)
         if entry[2] != key:  # the layer's arguments changed since the last call
             entry[2], entry[3] = key, _geometry(self)
@@ -146,7 +156,7 @@ class _FusedConvMixin:
         return _FusedConv.apply(input, weight, bias, geom)
 
 
-def _new_unfused(cls: type) -> Any:
+def _new_unfused(cls: Type[nn.Module]) -> Any:
     """Pickle/copy reconstructor of a swapped module: a bare instance of the
     original class (its state is set afterwards, as for any module)."""
     return cls.__new__(cls)
@@ -161,7 +171,7 @@ def _fused_class(base: type) -> type:
 FusedConv1d = _fused_class(nn.Conv1d)
 FusedConv2d = _fused_class(nn.Conv2d)
 FusedConv3d = _fused_class(nn.Conv3d)
-_FUSED = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d}
+_FUSED: Dict[type, type] = {nn.Conv1d: FusedConv1d, nn.Conv2d: FusedConv2d, nn.Conv3d: FusedConv3d}
 
 
 def _plain_class(module: nn.Module) -> type:
@@ -180,7 +190,7 @@ def fusable_module(module: nn.Module) -> bool:
         return False
     if set(module._parameters) - {"weight", "bias"} or not isinstance(module._parameters.get("weight"), nn.Parameter):
         return False
-    return _geometry(module) is not None
+    return _geometry(cast(nn.modules.conv._ConvNd, module)) is not None  # a conv class, checked above
 
 
 def bound_owner(module: nn.Module) -> Any:

@@ -70,6 +70,7 @@ def _batch_norm_eval_rule(layer: nn.modules.batchnorm._BatchNorm, inputs, g: Ten
     _need_batched(x, 2, layer, ctx)
     shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
     mean = layer.running_mean.to(ctx.dtype).reshape(shape)
+    assert layer.running_var is not None  # buffers kept together (track_running_stats)
     var = layer.running_var.to(ctx.dtype).reshape(shape)
     xhat = (x - mean) / torch.sqrt(var + layer.eps)
     return _affine_norms(layer, _channels_last(g), _channels_last(xhat), (x.shape[1],), ctx)
