@@ -69,7 +69,9 @@ def _check_go(go: str) -> str:
         raise GoBuildError(f"gdiv: `{path} env GOVERSION` failed: {e}") from e
     m = re.match(r"go(\d+)\.(\d+)", out)
     if not m or (int(m.group(1)), int(m.group(2))) < MIN_GO:
-        raise GoBuildError(f"gdiv: building the Python package needs {want}; `{path}` is {out or 'unknown'}. Install a newer Go from https://go.dev/dl.")
+        raise GoBuildError(
+            f"gdiv: building the Python package needs {want}; `{path}` is {out or 'unknown'}. Install a newer Go from https://go.dev/dl."
+        )
     return path
 
 
@@ -85,8 +87,11 @@ class BuildGo(build_ext):
         gopy, goimports = tools / "gopy", tools / "goimports"
         if not (gopy.exists() and goimports.exists()):
             tools.mkdir(parents=True, exist_ok=True)
-            _run([go, "install", "github.com/go-python/gopy", "golang.org/x/tools/cmd/goimports"],
-                 ROOT / "internal" / "tools", dict(env, GOBIN=str(tools)))
+            _run(
+                [go, "install", "github.com/go-python/gopy", "golang.org/x/tools/cmd/goimports"],
+                ROOT / "internal" / "tools",
+                dict(env, GOBIN=str(tools)),
+            )
         # gopy runs `go` and `goimports` from PATH: put ours first.
         env["PATH"] = os.pathsep.join([str(tools), os.path.dirname(go), env.get("PATH", "")])
 

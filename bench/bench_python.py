@@ -203,7 +203,12 @@ def plot(results: List[Dict[str, float]], path: str, dtype: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     b = np.array([r["bytes"] for r in results])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for key, label in (("gdiv", "gdiv.stats (numpy, zero copy)"), ("arrow", "gdiv.stats (Arrow C Data)"), ("numpy", "NumPy, float64 accum."), ("torch", "torch, float64 accum.")):
+    for key, label in (
+        ("gdiv", "gdiv.stats (numpy, zero copy)"),
+        ("arrow", "gdiv.stats (Arrow C Data)"),
+        ("numpy", "NumPy, float64 accum."),
+        ("torch", "torch, float64 accum."),
+    ):
         if all(key in r for r in results):
             t = np.array([r[key] for r in results])
             ax1.loglog(b, t, marker="o", label=label)

@@ -248,9 +248,7 @@ def hand_fused(model) -> List:
                 h, wd = g.shape[2:]
                 xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
                 s = xp.stride()
-                view = xp.as_strided(
-                    (n, c_in, kh, kw, h, wd), (s[0], s[1], s[2] * dil[0], s[3] * dil[1], s[2] * st[0], s[3] * st[1])
-                )
+                view = xp.as_strided((n, c_in, kh, kw, h, wd), (s[0], s[1], s[2] * dil[0], s[3] * dil[1], s[2] * st[0], s[3] * st[1]))
                 k = c_in * kh * kw
                 cols = g.new_empty(n, k + 1, h * wd)
                 cols[:, :k].view(n, c_in, kh, kw, h, wd).copy_(view)
@@ -262,8 +260,17 @@ def hand_fused(model) -> List:
             else:
                 shape = (n * c_out,) + tuple(w.shape[1:])
                 _, per, per_b = conv_backward(
-                    g.reshape((1, n * c_out) + tuple(g.shape[2:])), x.reshape((1, n * c_in) + tuple(x.shape[2:])),
-                    g.new_empty(shape), [n * c_out], st, pad, dil, False, [0, 0], n, [False, True, True],
+                    g.reshape((1, n * c_out) + tuple(g.shape[2:])),
+                    x.reshape((1, n * c_in) + tuple(x.shape[2:])),
+                    g.new_empty(shape),
+                    [n * c_out],
+                    st,
+                    pad,
+                    dil,
+                    False,
+                    [0, 0],
+                    n,
+                    [False, True, True],
                 )
                 per_b = per_b.view(n, c_out)
                 parts.append(sq_rows(per.view(n, -1)) + sq_rows(per_b))
@@ -620,8 +627,7 @@ REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": s
 
 
 def run_worker(model: str, batch: int, method: str, threads: int, budget: float, malloc: str = "reuse") -> Dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, str(batch), method,
-           "--threads", str(threads), "--budget", str(budget)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, str(batch), method, "--threads", str(threads), "--budget", str(budget)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     for k in REUSE_ENV:
         env.pop(k, None)
@@ -643,7 +649,7 @@ def pct(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def fmt(v: Optional[float], spec: str, signed: bool = False) -> str:
     if v is None:
         return "-"
-    return (f"{v:+{spec}}" if signed else f"{v:{spec}}")
+    return f"{v:+{spec}}" if signed else f"{v:{spec}}"
 
 
 def pct_cell(v: Optional[float], width: int = 10) -> str:
@@ -733,8 +739,15 @@ def plot(rows: List[Dict], configs: List[Tuple[str, int]], path: str, threads: i
         return
     import numpy as np
 
-    colors = {"plain": "#888888", "gdiv norms": "#1f77b4", "hand-fused": "#9edae5", "gdiv full": "#aec7e8",
-              "backpack": "#ff7f0e", "opacus": "#2ca02c", "torch.func": "#d62728"}
+    colors = {
+        "plain": "#888888",
+        "gdiv norms": "#1f77b4",
+        "hand-fused": "#9edae5",
+        "gdiv full": "#aec7e8",
+        "backpack": "#ff7f0e",
+        "opacus": "#2ca02c",
+        "torch.func": "#d62728",
+    }
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / len(METHODS)
     xs = np.arange(len(configs))
@@ -753,8 +766,10 @@ def plot(rows: List[Dict], configs: List[Tuple[str, int]], path: str, threads: i
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3, which="both")
     axes[0].legend(fontsize=8, ncol=2)
-    fig.suptitle(f"Per-example squared gradient norms on the CPU ({threads} thread{'s' if threads > 1 else ''}): "
-                 "training step with norms vs. plain step", fontsize=10)
+    fig.suptitle(
+        f"Per-example squared gradient norms on the CPU ({threads} thread{'s' if threads > 1 else ''}): training step with norms vs. plain step",
+        fontsize=10,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -768,9 +783,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 64 256; --quick: 64)")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per configuration")
-    ap.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
-                    help="reuse (default): glibc keeps freed memory for reuse (no page faults per step); "
-                         "default: glibc's own thresholds (see the module doc)")
+    ap.add_argument(
+        "--malloc",
+        choices=["reuse", "default"],
+        default="reuse",
+        help="reuse (default): glibc keeps freed memory for reuse (no page faults per step); default: glibc's own thresholds (see the module doc)",
+    )
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     ap.add_argument("--png", default=os.path.join(HERE, "out", "torch_bench.png"))
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "BATCH", "METHOD"), help=argparse.SUPPRESS)
@@ -797,10 +815,12 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - reported, the rows say "failed"
             vers.append(f"{dist}: not importable ({type(e).__name__}: {e})")
     print(f"Python {platform.python_version()}, {', '.join(vers)}; {gnote}")
-    print(f"{os.cpu_count()} CPUs ({platform.machine()}), torch threads per worker: {a.threads}; "
-          f"one fresh subprocess per row; ~{budget:g} s of interleaved timed steps per row; "
-          f"malloc: {a.malloc}" + (" (freed memory reused, no page faults per step)" if a.malloc == "reuse"
-                                    else " (glibc defaults: page faults vary from step to step)"))
+    print(
+        f"{os.cpu_count()} CPUs ({platform.machine()}), torch threads per worker: {a.threads}; "
+        f"one fresh subprocess per row; ~{budget:g} s of interleaved timed steps per row; "
+        f"malloc: {a.malloc}"
+        + (" (freed memory reused, no page faults per step)" if a.malloc == "reuse" else " (glibc defaults: page faults vary from step to step)")
+    )
     for m in a.models:
         print(f"  {m}: {MODEL_DESC[m]}; input 1x28x28 (random), 10 classes, cross-entropy (mean), SGD lr 0.01")
     print("step ms: median step time; vs plain: median over the timed pairs of (method step / the plain step")
@@ -811,8 +831,7 @@ def main() -> None:
     t0 = time.perf_counter()
     configs = [(m, b) for m in a.models for b in batches]
     rows: List[Dict] = []
-    head = (f"{'model':<5} {'batch':>5}  {'method':<11} {'step ms':>9} {'vs plain':>10} {'q1..q3':>15} {'peak MiB':>9}"
-            f" {'vs plain':>10} {'rss MiB':>8}")
+    head = f"{'model':<5} {'batch':>5}  {'method':<11} {'step ms':>9} {'vs plain':>10} {'q1..q3':>15} {'peak MiB':>9} {'vs plain':>10} {'rss MiB':>8}"
     print("\n" + head)
     print("-" * len(head))
     verdicts, checks, extras = [], [], []
@@ -833,8 +852,10 @@ def main() -> None:
                 flush=True,
             )
             if r.get("stats_ms") is not None:
-                extras.append(f"{model} batch {batch}: gdiv.stats(G) on the ({batch}, P) matrix of gdiv full: "
-                              f"{r['stats_ms']:.2f} ms more per step (not in the table)")
+                extras.append(
+                    f"{model} batch {batch}: gdiv.stats(G) on the ({batch}, P) matrix of gdiv full: "
+                    f"{r['stats_ms']:.2f} ms more per step (not in the table)"
+                )
         rows += group
         ok, detail = agree(group)
         checks.append(f"{model} batch {batch}: norms agree: {'yes' if ok else 'no'} (rtol {RTOL:g}; {detail})")
@@ -844,8 +865,7 @@ def main() -> None:
     print("\nFirst-step per-example squared norms, all methods against each other:")
     for c in checks:
         print("  " + c)
-    print("\nTarget: gdiv norms adds <= 10% step time and <= 10% peak memory over plain, "
-          "and costs less than each peer:")
+    print("\nTarget: gdiv norms adds <= 10% step time and <= 10% peak memory over plain, and costs less than each peer:")
     for v in verdicts:
         print("  " + v)
     print()

@@ -173,9 +173,7 @@ def train(
         sampler = BatchSampler(RandomSampler(train_set, generator=g), batch, drop_last=False)
     else:
         # The three lines gdiv adds to a training loop: the monitor, its sampler, monitor.step().
-        monitor = gdiv.torch.DiversityMonitor(
-            model, optimizer=opt, policy=policy, mechanism=mechanism, dataset_size=n, estimator_beta=0.9, seed=seed
-        )
+        monitor = gdiv.torch.DiversityMonitor(model, optimizer=opt, policy=policy, mechanism=mechanism, dataset_size=n, estimator_beta=0.9, seed=seed)
         sampler = gdiv.torch.AdaptiveBatchSampler(train_set, monitor, replacement=False, seed=seed)
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=first)
     run = Run(name)

@@ -2,13 +2,16 @@
 import sys
 
 out = []
+
+
 def e(s=""):
     out.append(s)
 
+
 def variant(name, f32, diff):
-    es = 4 if f32 else 8          # element size of the input
+    es = 4 if f32 else 8  # element size of the input
     shift = 2 if f32 else 3
-    half = 4 * es                 # byte offset of the second 4-element group
+    half = 4 * es  # byte offset of the second 4-element group
     step8 = 8 * es
     step4 = 4 * es
     T = "float32" if f32 else "float64"
@@ -87,8 +90,8 @@ def variant(name, f32, diff):
     for r in range(4):
         load(addr("R11", 0, r), addr("R12", 0, r), "Y2", "Y4")
         load(addr("R11", half, r), addr("R12", half, r), "Y3", "Y5")
-        e(f"\tVFMADD231PD Y2, Y2, Y{8+2*r}")
-        e(f"\tVFMADD231PD Y3, Y3, Y{9+2*r}")
+        e(f"\tVFMADD231PD Y2, Y2, Y{8 + 2 * r}")
+        e(f"\tVFMADD231PD Y3, Y3, Y{9 + 2 * r}")
         e("\tVADDPD Y2, Y0, Y0")
         e("\tVADDPD Y3, Y1, Y1")
     e("\tVMOVUPD Y0, (R10)")
@@ -105,7 +108,7 @@ def variant(name, f32, diff):
     e("\tVMOVUPD (R10), Y0")
     for r in range(4):
         load(addr("R11", 0, r), addr("R12", 0, r), "Y2", "Y4")
-        e(f"\tVFMADD231PD Y2, Y2, Y{8+2*r}")
+        e(f"\tVFMADD231PD Y2, Y2, Y{8 + 2 * r}")
         e("\tVADDPD Y2, Y0, Y0")
     e("\tVMOVUPD Y0, (R10)")
     e("\tADDQ $32, R10")
@@ -209,6 +212,7 @@ def variant(name, f32, diff):
     e(f"\tMOVSD X8, {ret}")
     e("\tRET")
     e()
+
 
 e("//go:build amd64 && !purego")
 e()

@@ -38,17 +38,16 @@ wrong types ``TypeError``; a call from a ``fork()``-ed child raises
 """
 
 from . import bounds, plot, reference
+from . import errors as _errors
 from ._bridge import in_forked_child
 from ._results import Estimate, Expectation, GLMBound, MonteCarloResult, SparseBound, Stats
 from ._stats import stats, stats_differential, stats_from_sums
-from . import errors as _errors
+from ._version import __version__ as __version__
+from .controller import Controller, Decision, step_seed
 from .errors import *  # noqa: F403 — the exception classes, listed once in errors.__all__
 from .estimator import Estimator, batch_sums_from_scalars, estimate, estimate_from_norms, estimate_from_sums, estimate_two_scale
 from .mechanisms import Dropout, Langevin, Mechanism, Quantize
 from .policy import BatchSizePolicy
-from .controller import Controller, Decision, step_seed
-
-from ._version import __version__
 
 __all__ = [
     "stats",

@@ -59,10 +59,7 @@ _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
 def _dtype_error(what: str, dtype: object) -> TypeError:
-    return TypeError(
-        f"{what} has dtype {dtype}; gdiv accepts float32 or float64 "
-        "(convert with .astype(numpy.float64) or .to(torch.float64), a copy)"
-    )
+    return TypeError(f"{what} has dtype {dtype}; gdiv accepts float32 or float64 (convert with .astype(numpy.float64) or .to(torch.float64), a copy)")
 
 
 def _numpy(x: np.ndarray, what: str, writable: bool, keep: Any) -> Operand:
@@ -117,8 +114,7 @@ def _torch(x: Any, what: str, writable: bool) -> Operand:
         raise ValueError(f"{what} is a lazily negated view; pass {what}.resolve_neg() (a copy)")
     if writable and x.requires_grad:
         raise ValueError(
-            f"{what} requires grad; an in-place call would bypass autograd. Pass {what}.detach() "
-            "(same memory) or a gradient tensor such as p.grad"
+            f"{what} requires grad; an in-place call would bypass autograd. Pass {what}.detach() (same memory) or a gradient tensor such as p.grad"
         )
     addr = x.data_ptr()
     if addr % size:

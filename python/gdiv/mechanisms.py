@@ -147,9 +147,7 @@ class Mechanism:
         op = operand(grads)
         out = (ctypes.c_double * 6)()
         try:
-            lib.MechanismMonteCarlo(
-                _addressof(out), self._code, *self._params(), op[0], op[1], op[2], op[3], op[4], int(samples), _seed(seed)
-            )
+            lib.MechanismMonteCarlo(_addressof(out), self._code, *self._params(), op[0], op[1], op[2], op[3], op[4], int(samples), _seed(seed))
         except RuntimeError as e:
             raise translate(e) from None
         return MonteCarloResult._make(out[:])  # type: ignore[attr-defined]

@@ -48,6 +48,7 @@ _FIELDS = ("delta", "min_batch", "max_batch", "multiple_of", "hysteresis", "max_
 _Buf = ctypes.c_double * 8
 _addressof = ctypes.addressof
 
+
 def _int(name: str, v: Any) -> int:
     if isinstance(v, bool):
         raise TypeError(f"{name} = {v!r}: want an integer, not a bool")
@@ -283,9 +284,7 @@ class BatchSizePolicy:
             gdiv.ParamError: lr not finite and > 0, a batch < 1.
         """
         try:
-            return lib.PolicyScaleLR(
-                int(self._values[7]), _float("lr", lr), _int("old_batch", old_batch), _int("new_batch", new_batch)
-            )
+            return lib.PolicyScaleLR(int(self._values[7]), _float("lr", lr), _int("old_batch", old_batch), _int("new_batch", new_batch))
         except RuntimeError as e:
             raise translate(e) from None
 

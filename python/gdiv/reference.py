@@ -74,8 +74,8 @@ import numpy as np
 from ._arrays import KIND_ARROW, operand
 from ._bridge import lib
 from ._results import Estimate
-from .errors import ParamError, ShapeError, translate
 from .controller import Controller
+from .errors import ParamError, ShapeError, translate
 from .mechanisms import Mechanism
 from .policy import BatchSizePolicy
 
@@ -444,8 +444,11 @@ class ParamLayout:
         return a
 
     def __str__(self) -> str:
-        rows = [f"{self.problem}: {self.n_params} parameters, row-major, each row [weights…, bias]" if self.intercept
-                else f"{self.problem}: {self.n_params} parameters, row-major, no biases"]
+        rows = [
+            f"{self.problem}: {self.n_params} parameters, row-major, each row [weights…, bias]"
+            if self.intercept
+            else f"{self.problem}: {self.n_params} parameters, row-major, no biases"
+        ]
         for L in self.layers:
             cols = f"{L.in_features}+1" if L.bias else f"{L.in_features}"
             rows.append(f"  {L.name}: w[{L.offset}:{L.offset + L.size}] = {L.out_features}×({cols})")
@@ -899,9 +902,7 @@ def train(
         summary.ctypes.data,
     )
     rows = hist[:n_done]
-    history = {
-        name: np.array(rows[:, j], dtype=_HISTORY_DTYPES.get(name, np.float64)) for j, name in enumerate(HISTORY_FIELDS)
-    }
+    history = {name: np.array(rows[:, j], dtype=_HISTORY_DTYPES.get(name, np.float64)) for j, name in enumerate(HISTORY_FIELDS)}
     batches = None
     if idx is not None:
         total = int(summary[18])

@@ -233,4 +233,3 @@ def pyarrow_matrix(x: np.ndarray):
     """A FixedSizeList<float> pyarrow array viewing x's values (zero copy)."""
     n, d = x.shape
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)
-

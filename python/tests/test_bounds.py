@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_close
 
 import gdiv
+from conftest import assert_close
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 8), (40, 40), (100, 7)], ids=lambda s: f"{s[0]}x{s[1]}")

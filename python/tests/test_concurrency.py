@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_stats, oracle_stats
 
 import gdiv
+from conftest import assert_stats, oracle_stats
 
 
 def test_threads_get_correct_results(rng):

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_close, needs_torch, oracle_estimate, torch
 
 import gdiv
+from conftest import assert_close, needs_torch, oracle_estimate, torch
 
 
 def check(est: gdiv.Estimate, want: dict, rtol: float = 1e-9) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import gc
 
 import numpy as np
-import pytest
-from conftest import CountingProducer, needs_arrow, pa, pyarrow_matrix, rss_bytes
 
 import gdiv
+from conftest import CountingProducer, needs_arrow, pa, pyarrow_matrix, rss_bytes
 
 LIMIT = 4 << 20  # 4 MiB
 CALLS = 100_000

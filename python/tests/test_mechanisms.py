@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_close, needs_arrow, needs_torch, oracle_expected, oracle_stats, pyarrow_matrix, torch
 
 import gdiv
+from conftest import assert_close, needs_arrow, needs_torch, oracle_expected, oracle_stats, pyarrow_matrix, torch
 
 MECHS = [
     gdiv.Dropout(0.3),

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_torch, torch
 
 import gdiv
+from conftest import needs_torch, torch
 from gdiv import reference as ref
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,8 +239,16 @@ def test_train_starts_from_initial_weights():
 
 def test_train_deterministic():
     X, y = make_data()
-    kw = dict(lr=0.05, policy=gdiv.BatchSizePolicy(max_batch=64), examples=1500, seed=3, record_indices=True,
-              estimator_beta=0.9, mechanism=gdiv.Langevin(0.01), sampling="shuffle")
+    kw = dict(
+        lr=0.05,
+        policy=gdiv.BatchSizePolicy(max_batch=64),
+        examples=1500,
+        seed=3,
+        record_indices=True,
+        estimator_beta=0.9,
+        mechanism=gdiv.Langevin(0.01),
+        sampling="shuffle",
+    )
     a, b = ref.train(X, y, **kw), ref.train(X, y, **kw)
     np.testing.assert_array_equal(a.weights, b.weights)
     for key in ref.HISTORY_FIELDS:
@@ -307,9 +315,7 @@ def test_replay_batches_bit_for_bit(problem, kw, adaptive, rng):
     sampling = kw.pop("sampling", "replacement")
     radius = kw.pop("radius", 0.0)
     lr = 0.01 if problem == "leastsquares" else 0.05
-    run = dict(
-        problem=problem, lr=lr, step=step_rule, sampling=sampling, radius=radius, seed=11, record_indices=True, **kw
-    )
+    run = dict(problem=problem, lr=lr, step=step_rule, sampling=sampling, radius=radius, seed=11, record_indices=True, **kw)
     if adaptive:
         run.update(policy=gdiv.BatchSizePolicy(max_batch=32, lr_rule="sqrt"), examples=800, estimator_beta=0.7)
     else:
@@ -492,12 +498,17 @@ def run_cli(exe, csv, *args):
     "problem,cli_args,kw",
     [
         ("softmax", ["--batch", "8", "--steps", "40"], dict(batch=8, steps=40)),
-        ("leastsquares", ["--batch", "5", "--epochs", "2", "--step", "mean", "--sampling", "shuffle"],
-         dict(batch=5, examples=160, step="mean", sampling="shuffle")),
-        ("logistic", ["--policy", "diversity", "--max-batch", "32", "--epochs", "10"],
-         dict(policy=gdiv.BatchSizePolicy(max_batch=32), examples=800)),
-        ("mlp", ["--batch", "4", "--steps", "30", "--hidden", "6", "--mechanism", "dropout", "--p", "0.3"],
-         dict(batch=4, steps=30, hidden=6, mechanism=gdiv.Dropout(0.3))),
+        (
+            "leastsquares",
+            ["--batch", "5", "--epochs", "2", "--step", "mean", "--sampling", "shuffle"],
+            dict(batch=5, examples=160, step="mean", sampling="shuffle"),
+        ),
+        ("logistic", ["--policy", "diversity", "--max-batch", "32", "--epochs", "10"], dict(policy=gdiv.BatchSizePolicy(max_batch=32), examples=800)),
+        (
+            "mlp",
+            ["--batch", "4", "--steps", "30", "--hidden", "6", "--mechanism", "dropout", "--p", "0.3"],
+            dict(batch=4, steps=30, hidden=6, mechanism=gdiv.Dropout(0.3)),
+        ),
     ],
     ids=["softmax", "leastsquares-mean-shuffle", "logistic-policy", "mlp-dropout"],
 )
@@ -510,8 +521,7 @@ def test_cli_and_python_agree(cli, tmp_path, problem, cli_args, kw, rng):
     csv = tmp_path / "data.csv"
     np.savetxt(csv, np.column_stack([X, y]), delimiter=",", fmt="%.17g")
     classes = {"leastsquares": "0", "logistic": "2"}.get(problem, "3")
-    got = run_cli(cli, csv, "--problem", problem, "--classes", classes, "--lr", "0.03", "--seed", "5",
-                  "--l2", "0.001", "--beta", "0.9", *cli_args)
+    got = run_cli(cli, csv, "--problem", problem, "--classes", classes, "--lr", "0.03", "--seed", "5", "--l2", "0.001", "--beta", "0.9", *cli_args)
     res = ref.train(X, y, problem=problem, lr=0.03, seed=5, l2=0.001, estimator_beta=0.9, **kw)
     assert got["steps"] == res.steps and got["examples"] == res.examples
     assert got["initial_loss"] == res.initial_loss

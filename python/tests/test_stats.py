@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_close, assert_stats, needs_arrow, needs_torch, oracle_stats, pa, pyarrow_matrix, torch
 
 import gdiv
+from conftest import assert_close, assert_stats, needs_arrow, needs_torch, oracle_stats, pa, pyarrow_matrix, torch
 
 SHAPES = [(1, 1), (2, 3), (7, 1), (1, 9), (33, 17), (256, 64), (1000, 5)]
 

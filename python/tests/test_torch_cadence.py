@@ -73,8 +73,7 @@ def test_cadence_decides_like_a_controller_fed_by_hand(cadence):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     opt2 = torch.optim.SGD(twin.parameters(), lr=0.05)
     mon = DiversityMonitor(model, optimizer=opt, policy=pol, measure_every=cadence, max_measure_every=4, estimator_beta=0.5, seed=1)
-    ctl = gdiv.Controller(policy=pol, loss_reduction="mean", lr_rule="linear", measure_every=cadence, max_measure_every=4,
-                          estimator_beta=0.5, seed=1)
+    ctl = gdiv.Controller(policy=pol, loss_reduction="mean", lr_rule="linear", measure_every=cadence, max_measure_every=4, estimator_beta=0.5, seed=1)
     for k in range(24):
         b = mon.batch_size
         assert b == ctl.batch_size
@@ -130,7 +129,7 @@ def test_resume_across_gaps_is_identical():
     o2.load_state_dict(o.state_dict())
     mon2.load_state_dict(saved["mon"])
     assert first + run(m2, o2, mon2, 13, 30) == full
-    assert [r["step"] for r in mon2.history] == [r["step"] for r in mon.history] + [r["step"] for r in mon2.history[len(mon.history):]]
+    assert [r["step"] for r in mon2.history] == [r["step"] for r in mon.history] + [r["step"] for r in mon2.history[len(mon.history) :]]
 
 
 def test_bad_cadences_are_named():
@@ -151,7 +150,7 @@ def test_accumulation_on_an_unmeasured_step_is_refused():
     F.cross_entropy(model(x), y).backward()
     mon.step()
     assert not mon._norms.enabled
-    for k in range(2):
+    for _ in range(2):
         F.cross_entropy(model(x), y).backward()
     from gdiv.torch import CaptureError
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 import gdiv  # noqa: E402
 
@@ -451,9 +451,7 @@ def test_parametrization_registered_while_fused() -> None:
 
 def _small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 3)
-    ).double()
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 3)).double()
 
 
 def test_full_backward_hooks_see_the_same_gradients() -> None:
@@ -463,7 +461,7 @@ def test_full_backward_hooks_see_the_same_gradients() -> None:
         model = _small_cnn()
         pen = PerExampleNorms(model, fuse_conv=fuse)
         got = []
-        model[2].register_full_backward_hook(lambda mod, gi, go: got.append((gi[0].clone(), go[0].clone())))
+        model[2].register_full_backward_hook(lambda mod, gi, go, got=got: got.append((gi[0].clone(), go[0].clone())))
         F.cross_entropy(model(x), y).backward()
         seen[fuse] = (got, pen.sq_norms(), [p.grad.clone() for p in model.parameters()])
         pen.remove()
@@ -644,4 +642,3 @@ def test_refused_by_parametrize_then_fused_again_after_reattach(fused_calls) -> 
     assert_norms(pen.sq_norms(), want, torch.float64)
     pen.remove()
     assert type(model[0]) is nn.Conv2d
-

@@ -113,8 +113,9 @@ MECH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("problem, step, adaptive, sampling, mode, beta, mechanism", [
-    pytest.param(*c.values, None, id=c.id) for c in CASES] + MECH_CASES)
+@pytest.mark.parametrize(
+    "problem, step, adaptive, sampling, mode, beta, mechanism", [pytest.param(*c.values, None, id=c.id) for c in CASES] + MECH_CASES
+)
 def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, sampling, mode, beta, mechanism):
     X, y = digits
     if problem == "logistic":
@@ -124,8 +125,22 @@ def test_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, s
     policy = gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0) if adaptive else None
     lr = {"sum": 0.02, "mean": 0.3}[step]
     res = ref.train(
-        X, y, problem=problem, l2=0.0, hidden=HIDDEN, lr=lr, step=step, batch=8, policy=policy, steps=STEPS,
-        sampling=sampling, seed=SEED, estimator_beta=beta, record_indices=True, classes=k, mechanism=mechanism,
+        X,
+        y,
+        problem=problem,
+        l2=0.0,
+        hidden=HIDDEN,
+        lr=lr,
+        step=step,
+        batch=8,
+        policy=policy,
+        steps=STEPS,
+        sampling=sampling,
+        seed=SEED,
+        estimator_beta=beta,
+        record_indices=True,
+        classes=k,
+        mechanism=mechanism,
     )
     hist = res.history
     if adaptive:  # the run must exercise the policy

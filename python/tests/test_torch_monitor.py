@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from conftest import oracle_estimate
 
 torch = pytest.importorskip("torch")
@@ -32,6 +33,7 @@ from torch import nn  # noqa: E402
 import gdiv  # noqa: E402
 import gdiv._bridge as bridge  # noqa: E402
 import gdiv.plot  # noqa: E402
+from gdiv.controller import step_seed as _step_seed  # noqa: E402
 from gdiv.torch import (  # noqa: E402
     AdaptiveBatchSampler,
     CaptureError,
@@ -39,7 +41,6 @@ from gdiv.torch import (  # noqa: E402
     UnsupportedModuleError,
     per_example_grads,
 )
-from gdiv.controller import step_seed as _step_seed  # noqa: E402
 from gdiv.torch._reduce import device_sums as _device_sums  # noqa: E402
 
 torch.set_num_threads(1)
@@ -226,8 +227,9 @@ def test_norms_mode_passes_only_scalars_to_go(monkeypatch):
     called — with the gradients on a GPU they would get a device pointer."""
     model = mlp()
     x, y = batch()
-    mon = DiversityMonitor(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), mechanism=gdiv.Langevin(0.1),
-                           policy=gdiv.BatchSizePolicy(max_batch=64))
+    mon = DiversityMonitor(
+        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), mechanism=gdiv.Langevin(0.1), policy=gdiv.BatchSizePolicy(max_batch=64)
+    )
 
     def refuse(*a, **k):
         raise AssertionError("a buffer address was passed to Go in norms mode")

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 import gdiv  # noqa: E402
 
@@ -260,9 +260,7 @@ CASES = [
     pytest.param(Case(lambda: nn.Linear(5, 3), rn(7, 5)), id="linear"),
     pytest.param(Case(lambda: nn.Linear(5, 3, bias=False), rn(7, 5)), id="linear-nobias"),
     pytest.param(Case(lambda: nn.Linear(6, 4), rn(5, 9, 6), kw={"sequence_method": "gram"}), id="linear-seq-gram"),
-    pytest.param(
-        Case(lambda: nn.Linear(6, 4), rn(5, 9, 6), kw={"sequence_method": "materialize"}), id="linear-seq-materialize"
-    ),
+    pytest.param(Case(lambda: nn.Linear(6, 4), rn(5, 9, 6), kw={"sequence_method": "materialize"}), id="linear-seq-materialize"),
     pytest.param(Case(lambda: nn.Linear(6, 4), rn(5, 9, 6)), id="linear-seq-auto"),
     pytest.param(
         Case(lambda: nn.Linear(6, 4), rn(5, 2, 3, 6), kw={"sequence_method": "gram", "workspace_bytes": 64}),
@@ -347,9 +345,7 @@ CASES = [
     ),
     pytest.param(
         Case(
-            lambda: randomize_affine(
-                nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 20))
-            ),
+            lambda: randomize_affine(nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 20))),
             ri(20, 4, 6),
             loss=token_ce_loss,
             y=ri(20, 4, 6),
@@ -369,9 +365,7 @@ CASES = [
     pytest.param(Case(lambda: nn.Sequential(SplitHeads(4, True)), rn(5, 4), units={"0": "fallback"}), id="fallback-split-output"),
     pytest.param(Case(lambda: nn.Sequential(SplitHeads(4, False)), rn(5, 4)), id="fallback-split-output-one-unused"),
     pytest.param(Case(lambda: Attn(4), rn(3, 5, 4), units={"mha": "fallback", "fc": "rule"}), id="fallback-multihead-attention"),
-    pytest.param(
-        Case(lambda: nn.Sequential(nn.Linear(4, 5), Scale(5)), rn(6, 3, 4), batch_dim=1), id="fallback-batch_dim1"
-    ),
+    pytest.param(Case(lambda: nn.Sequential(nn.Linear(4, 5), Scale(5)), rn(6, 3, 4), batch_dim=1), id="fallback-batch_dim1"),
     pytest.param(Case(lambda: Twice(4), rn(5, 4)), id="module-called-twice"),
     pytest.param(
         Case(lambda: TiedLM(9, 4), ri(9, 4, 5), loss=token_ce_loss, y=ri(9, 4, 5), units={"emb": "materialized", "dec": "materialized"}),
@@ -561,9 +555,7 @@ CONV_GRAD_LAYERS = [
     pytest.param(lambda: nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), (5, 3, 7, 6), id="conv2d"),
     pytest.param(lambda: nn.Conv2d(6, 6, 3, groups=3, padding=1, padding_mode="reflect"), (4, 6, 5, 5), id="conv2d-groups"),
     pytest.param(lambda: nn.Conv2d(5, 4, 2, padding="valid"), (3, 5, 4, 4), id="conv2d-valid"),
-    pytest.param(
-        lambda: nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(2, 1, 1)), (3, 2, 5, 6, 4), id="conv3d"
-    ),
+    pytest.param(lambda: nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(2, 1, 1)), (3, 2, 5, 6, 4), id="conv3d"),
     pytest.param(lambda: nn.Conv3d(6, 2, 3, padding="same", padding_mode="replicate"), (2, 6, 4, 4, 3), id="conv3d-same"),
 ]
 
@@ -898,9 +890,7 @@ def test_user_tensor_hook_on_an_output_is_seen_by_every_rule(fuse_conv: bool) ->
     uses; the norms are those of that gradient, as a per-example loop of the
     same hooked model computes them (Linear, conv and fallback units)."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), Scale(5)
-    ).double()
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), Scale(5)).double()
     x = torch.randn(6, 2, 4, 4, dtype=torch.float64)
     pen = PerExampleNorms(model, loss_reduction="sum", fuse_conv=fuse_conv)
 

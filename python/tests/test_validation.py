@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import needs_arrow, needs_torch, pa, pyarrow_matrix, torch
 
 import gdiv
+from conftest import needs_arrow, needs_torch, pa, pyarrow_matrix, torch
 from gdiv._bridge import lib
 
 # -- numpy -------------------------------------------------------------------

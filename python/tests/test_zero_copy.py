@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CountingProducer, assert_stats, needs_arrow, needs_torch, oracle_stats, pa, pyarrow_matrix, torch
 
 import gdiv
+from conftest import CountingProducer, assert_stats, needs_arrow, needs_torch, oracle_stats, pa, pyarrow_matrix, torch
 from gdiv import _arrays
 from gdiv._bridge import lib
 

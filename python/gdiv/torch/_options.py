@@ -25,8 +25,7 @@ def finite_real(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
 
 
-def check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
-                   optimizer, writer, lr_rule) -> None:
+def check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes, optimizer, writer, lr_rule) -> None:
     """The monitor's own options (Go's controller validates the rest)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"DiversityMonitor: model must be an nn.Module, got {type(model).__name__}")

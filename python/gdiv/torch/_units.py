@@ -123,6 +123,7 @@ def find_units(model: nn.Module) -> List[_Unit]:
                 u.tied = True
     return units
 
+
 # (qualified module name, its parameter dict, what the dict held at attach:
 # (key, parameter, trainable) per entry).
 ParamSlot = Tuple[str, Dict[str, Any], Tuple[Tuple[str, Any, bool], ...]]
@@ -133,8 +134,7 @@ def param_slots(model: nn.Module) -> List[ParamSlot]:
     replaced since attach: every module's parameter dict and what it holds
     (cheaper than walking named_parameters each step)."""
     return [
-        (name, m._parameters, tuple((k, v, v is not None and v.requires_grad) for k, v in m._parameters.items()))
-        for name, m in model.named_modules()
+        (name, m._parameters, tuple((k, v, v is not None and v.requires_grad) for k, v in m._parameters.items())) for name, m in model.named_modules()
     ]
 
 
@@ -144,9 +144,7 @@ def param_changes(param_slots: List[ParamSlot]) -> List[str]:
     dicts since :func:`param_slots` was taken (attach); [] when none (the common case, checked cheaply)."""
     changed: List[str] = []
     for mod, params, held in param_slots:
-        if len(params) == len(held) and all(
-            params.get(k) is v and (v is None or v.requires_grad == trainable) for k, v, trainable in held
-        ):
+        if len(params) == len(held) and all(params.get(k) is v and (v is None or v.requires_grad == trainable) for k, v, trainable in held):
             continue
         before = {k: (v, trainable) for k, v, trainable in held}
         for k in sorted(set(before) | set(params)):
@@ -163,9 +161,6 @@ def bad_rule_output(unit: _Unit, parts: Dict[str, Tensor], batch: int) -> None:
         if n not in unit.params:
             raise NormsError(f"gdiv.torch: the rule for {unit.label} returned unknown parameter {n!r}")
         if not isinstance(v, Tensor) or v.shape != (batch,):
-            raise NormsError(
-                f"gdiv.torch: the rule for {unit.label} returned shape {tuple(getattr(v, 'shape', ()))} "
-                f"for {n!r}, expected ({batch},)"
-            )
+            raise NormsError(f"gdiv.torch: the rule for {unit.label} returned shape {tuple(getattr(v, 'shape', ()))} for {n!r}, expected ({batch},)")
     missing = set(unit.params) - set(parts)
     raise NormsError(f"gdiv.torch: the rule for {unit.label} returned nothing for {sorted(missing)}")

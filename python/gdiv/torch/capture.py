@@ -33,8 +33,7 @@ from ._units import (
 )
 from .errors import CaptureError, UnsupportedModuleError, batch_norm_message
 from .fallback import fallback_norms, vmap_grads
-from .rules import SEQUENCE_METHODS, RuleContext
-from .rules import fused_conv
+from .rules import SEQUENCE_METHODS, RuleContext, fused_conv
 from .rules._common import row_sq_norms64
 from .rules.conv import _conv_rule, conv_method, conv_norms_and_grads
 
@@ -186,9 +185,7 @@ class PerExampleNorms:
         for u in units:
             # prepend: before hooks registered earlier, which may replace the
             # output; the rule needs the gradient of the layer's own output
-            handles.append(
-                u.module.register_forward_hook(_WeakHook(self, "_forward_hook", u), with_kwargs=True, prepend=True)
-            )
+            handles.append(u.module.register_forward_hook(_WeakHook(self, "_forward_hook", u), with_kwargs=True, prepend=True))
         for name, m in self._model.named_modules():
             if _is_batch_norm(m):
                 handles.append(m.register_forward_pre_hook(_WeakHook(self, "_batch_norm_check", name)))
@@ -392,14 +389,7 @@ class PerExampleNorms:
     def _fusing(self) -> bool:
         """Whether a fused convolution's forward should run the fused Function
         now (see ``rules.fused_conv``): the forward hooks will capture this call."""
-        return (
-            self._attached
-            and self.enabled
-            and self._model.training
-            and torch.is_grad_enabled()
-            and not _suspended()
-            and not _in_backward()
-        )
+        return self._attached and self.enabled and self._model.training and torch.is_grad_enabled() and not _suspended() and not _in_backward()
 
     def _fused_backward(self, rec: _Record, x: Tensor, g: Tensor, geom: Any, need_bias: bool) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
         """The sink of a fused convolution's backward node: the call's norms
@@ -528,12 +518,7 @@ class PerExampleNorms:
     def _context(self, unit: _Unit, dtype: torch.dtype) -> RuleContext:
         """The unit's RuleContext, rebuilt only when a setting it carries changed."""
         ctx = unit.ctx
-        if (
-            ctx is None
-            or ctx.dtype is not dtype
-            or ctx.sequence_method != self.sequence_method
-            or ctx.workspace_bytes != self.workspace_bytes
-        ):
+        if ctx is None or ctx.dtype is not dtype or ctx.sequence_method != self.sequence_method or ctx.workspace_bytes != self.workspace_bytes:
             ctx = unit.ctx = RuleContext(
                 params=unit.param_names,
                 sequence_method=self.sequence_method,
@@ -558,9 +543,7 @@ class PerExampleNorms:
         assert unit.rule is not None  # units without a rule go through the fallback
         parts = unit.rule(unit.module, inputs, g, ctx)
         want = (rec.batch,)
-        if len(parts) != len(unit.params) or any(
-            n not in unit.params or not isinstance(v, Tensor) or v.shape != want for n, v in parts.items()
-        ):
+        if len(parts) != len(unit.params) or any(n not in unit.params or not isinstance(v, Tensor) or v.shape != want for n, v in parts.items()):
             bad_rule_output(unit, parts, rec.batch)
         values = list(parts.values())
         if len(values) == 1:
@@ -604,8 +587,7 @@ class PerExampleNorms:
         if not self._records:
             raise CaptureError(
                 "gdiv.torch: nothing captured: run a forward pass in train mode with gradients enabled, "
-                "then loss.backward(), before asking for norms"
-                + ("" if self._attached else " (the hooks are removed: call attach())")
+                "then loss.backward(), before asking for norms" + ("" if self._attached else " (the hooks are removed: call attach())")
             )
         if not self._backward_seen:
             raise CaptureError("gdiv.torch: no backward pass since the last forward pass: call loss.backward() first")

@@ -119,10 +119,7 @@ def per_example_grads(
         out = torch.func.functional_call(model, ps, tuple(x.unsqueeze(0) for x in xs_i))
         loss = loss_fn(out) if y_i is None else loss_fn(out, y_i.unsqueeze(0))
         if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError(
-                f"per_example_grads: loss_fn must return a scalar tensor, got shape "
-                f"{tuple(getattr(loss, 'shape', ()))}"
-            )
+            raise ValueError(f"per_example_grads: loss_fn must return a scalar tensor, got shape {tuple(getattr(loss, 'shape', ()))}")
         return loss.reshape(())
 
     fn = torch.func.vmap(
@@ -140,8 +137,7 @@ def per_example_grads(
                 raise
             except Exception as e:
                 raise UnsupportedModuleError(
-                    f"per_example_grads: torch.func could not compute per-example gradients of "
-                    f"{type(model).__name__}: {type(e).__name__}: {e}"
+                    f"per_example_grads: torch.func could not compute per-example gradients of {type(model).__name__}: {type(e).__name__}: {e}"
                 ) from e
             # One pass into the preallocated rows; this chunk's gradients are
             # dropped before the next chunk is computed.

@@ -56,7 +56,6 @@ _STATE_VERSION = 2
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
 
 
-
 class DiversityMonitor:
     """Measure the gradient diversity of a PyTorch training loop and adapt the
     batch size (and learning rate) to it.
@@ -169,8 +168,7 @@ class DiversityMonitor:
                 "DiversityMonitor: measure_every is for norms mode; full mode computes the per-example gradients "
                 "its mechanism needs on every step anyway"
             )
-        check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes,
-                       optimizer, writer, lr_rule)
+        check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes, optimizer, writer, lr_rule)
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
         if sampling is None:
@@ -336,10 +334,7 @@ class DiversityMonitor:
         if self.mode != "full":
             raise CaptureError("DiversityMonitor.full_backward is for mode='full'; in norms mode call loss.backward()")
         if not self._model.training:
-            raise CaptureError(
-                "DiversityMonitor: the model is in eval mode; the monitor measures training steps only "
-                "(call model.train() first)"
-            )
+            raise CaptureError("DiversityMonitor: the model is in eval mode; the monitor measures training steps only (call model.train() first)")
         if self._pending is not None:
             raise CaptureError(
                 "DiversityMonitor.full_backward: called twice without step(): gradient accumulation over several "

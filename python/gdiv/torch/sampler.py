@@ -113,10 +113,7 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
     def _batch_size(self) -> int:
         b = self.monitor.batch_size
         if b is None:
-            raise ValueError(
-                "AdaptiveBatchSampler: the monitor has no batch size yet: give DiversityMonitor(batch_size=...) "
-                "or a policy"
-            )
+            raise ValueError("AdaptiveBatchSampler: the monitor has no batch size yet: give DiversityMonitor(batch_size=...) or a policy")
         if isinstance(b, bool) or int(b) != b or b < 1:
             raise ValueError(f"AdaptiveBatchSampler: monitor.batch_size = {b!r}, want an integer ≥ 1")
         if self.drop_last and b > self.n:
@@ -214,8 +211,7 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
         for key in ("n", "replacement", "drop_last"):
             if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"AdaptiveBatchSampler.load_state_dict: the state has {key}={state[key]!r}, this sampler "
-                    f"{key}={getattr(self, key)!r}"
+                    f"AdaptiveBatchSampler.load_state_dict: the state has {key}={state[key]!r}, this sampler {key}={getattr(self, key)!r}"
                 )
         self.generator.set_state(state["generator"])
         self._perm = None if state["perm"] is None else state["perm"].clone()
@@ -224,7 +220,4 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
         self.epoch = int(state["epoch"])
 
     def __repr__(self) -> str:
-        return (
-            f"AdaptiveBatchSampler(n={self.n}, replacement={self.replacement}, drop_last={self.drop_last}, "
-            f"batch_size={self.monitor.batch_size})"
-        )
+        return f"AdaptiveBatchSampler(n={self.n}, replacement={self.replacement}, drop_last={self.drop_last}, batch_size={self.monitor.batch_size})"

@@ -116,15 +116,10 @@ def _unfold_view(x: Tensor, layer) -> Tensor:
     (B, C, k_1..k_n, L_1..L_n)."""
     n = x.dim() - 2
     st = x.stride()
-    out = [
-        (x.shape[2 + i] - d * (k - 1) - 1) // s + 1
-        for i, (k, s, d) in enumerate(zip(layer.kernel_size, layer.stride, layer.dilation))
-    ]
+    out = [(x.shape[2 + i] - d * (k - 1) - 1) // s + 1 for i, (k, s, d) in enumerate(zip(layer.kernel_size, layer.stride, layer.dilation))]
     view = x.as_strided(
         tuple(x.shape[:2]) + tuple(layer.kernel_size) + tuple(out),
-        (st[0], st[1])
-        + tuple(st[2 + i] * layer.dilation[i] for i in range(n))
-        + tuple(st[2 + i] * layer.stride[i] for i in range(n)),
+        (st[0], st[1]) + tuple(st[2 + i] * layer.dilation[i] for i in range(n)) + tuple(st[2 + i] * layer.stride[i] for i in range(n)),
         x.storage_offset(),
     )
     return view
@@ -243,7 +238,7 @@ def per_example_conv_grads(layer: ConvLike, x: Tensor, g: Tensor) -> Tensor:
 
 
 def conv_method(layer: ConvLike, g: Tensor, ctx: RuleContext) -> str:
-    """"gram" (im2col, then the Gram trick) or "materialize" (per-example
+    """ "gram" (im2col, then the Gram trick) or "materialize" (per-example
     weight gradients) for this call: ``ctx.sequence_method``, or for "auto"
     whichever needs fewer flops per example and group, T² (d_in + d_out)
     against T d_in d_out (T output positions, d_in = C_in/groups · Πk,
@@ -416,9 +411,7 @@ def conv_per_example(
     return sq_w, sq_b, w_sum, b_sum
 
 
-def conv_norms_and_grads(
-    geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def conv_norms_and_grads(geom: ConvGeometry, x: Tensor, g: Tensor, ctx: RuleContext, bias: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """For the fused path (``fused_conv``), when :func:`conv_method` is
     "materialize": the per-example squared norms of the weight plus (with
     ``bias``) the bias gradients, float64 (B,), and the batch gradients of
@@ -449,10 +442,7 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inputs, g: Tensor, ctx: RuleCont
             cols = unfold_conv_input(x, layer)  # (B, C_in·K, L)
             positions = cols.shape[2]
             if positions != math.prod(g.shape[2:]):  # pragma: no cover - a bug, not a user error
-                raise AssertionError(
-                    f"gdiv.torch: im2col of '{ctx.name}' gives {positions} positions, output has "
-                    f"{math.prod(g.shape[2:])}"
-                )
+                raise AssertionError(f"gdiv.torch: im2col of '{ctx.name}' gives {positions} positions, output has {math.prod(g.shape[2:])}")
             a = cols.reshape(b * groups, -1, positions).transpose(1, 2)  # (B·groups, L, C_in/groups·K)
             gg = g.reshape(b * groups, -1, positions).transpose(1, 2)  # (B·groups, L, C_out/groups)
             out["weight"] = sq_norm_of_outer_sums(a, gg, ctx, method="gram").reshape(b, groups).sum(1)

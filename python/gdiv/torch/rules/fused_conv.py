@@ -30,9 +30,7 @@ class _FusedConv(torch.autograd.Function):
         ctx.geom = geom
         ctx.sink = None
         ctx.save_for_backward(x, weight)
-        return torch.ops.aten.convolution(
-            x, weight, bias, geom.stride, geom.padding, geom.dilation, False, (0,) * len(geom.stride), geom.groups
-        )
+        return torch.ops.aten.convolution(x, weight, bias, geom.stride, geom.padding, geom.dilation, False, (0,) * len(geom.stride), geom.groups)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> Tuple[Optional[Tensor], ...]:
@@ -43,9 +41,7 @@ class _FusedConv(torch.autograd.Function):
         sink = ctx.sink  # kept: a second backward must reach it too (and be refused there)
         got = sink(x, g, geom, need_b) if (sink is not None and need_w) else None
         if got is None:
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                g, x, weight, [geom.out_channels] if need_b else None, *args, [need_x, need_w, need_b]
-            )
+            gx, gw, gb = torch.ops.aten.convolution_backward(g, x, weight, [geom.out_channels] if need_b else None, *args, [need_x, need_w, need_b])
             return gx, gw, gb, None
         gw, gb = got
         gx = torch.ops.aten.convolution_backward(g, x, weight, None, *args, [True, False, False])[0] if need_x else None
