@@ -13,6 +13,7 @@ python/README.md, "DiversityMonitor".
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +26,8 @@ from ..errors import NonFiniteError, ParamError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import LR_RULES, BatchSizePolicy
 from ._options import check_options, finite_real
-from ._reduce import NoiseDraws, device_sums
+from ._dist import DataParallel, resolve
+from ._reduce import NoiseDraws, dense_grads, sq_norm
 from .capture import PerExampleNorms
 from .errors import CaptureError
 from .full import per_example_grads, trainable_parameters
@@ -53,6 +55,7 @@ RECORD_FIELDS: Tuple[str, ...] = (
 
 _WRITER_KEYS = ("batch", "lr", "loss", "m2", "g", "batch_bound", "diversity", "noise_scale")
 _STATE_VERSION = 2
+_F64 = torch.float64
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
 
 
@@ -162,6 +165,7 @@ class DiversityMonitor:
         attach: bool = True,
         measure_every: Union[int, str] = 1,
         max_measure_every: int = 16,
+        process_group: Any = "auto",
     ) -> None:
         if mode == "full" and measure_every != 1:
             raise ValueError(
@@ -173,6 +177,19 @@ class DiversityMonitor:
             raise TypeError(f"DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
         if sampling is None:
             sampling = "replacement" if dataset_size is None else "shuffle"
+        dp = resolve(model, process_group)
+        if dp is not None:
+            if mode == "full":
+                raise ValueError(
+                    "DiversityMonitor: mode='full' under data-parallel training is not supported; use mode='norms' "
+                    "(Langevin works there), or monitor a single process"
+                )
+            if policy is not None and policy.multiple_of % dp.world:
+                # every rank gets an equal share of each global batch
+                policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
+            if seed is None:  # one seed for every rank's mechanism draws
+                dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+                seed = dp.broadcast_int(secrets.randbits(63), dev)
         # The LR rule: a property of the mean-reduced step only (Go refuses
         # a rule with a sum loss, naming the reason).
         if lr_rule is None:
@@ -192,6 +209,7 @@ class DiversityMonitor:
             max_measure_every=max_measure_every,
         )
         self._model = model
+        self._dp: Optional[DataParallel] = dp
         self.loss_reduction = loss_reduction
         self.mode = mode
         self.mechanism = mechanism
@@ -217,6 +235,8 @@ class DiversityMonitor:
             if mode == "norms"
             else None
         )
+        if self._norms is not None:
+            self._norms.accumulate = True  # micro-batches before one step() add up
 
     # ------------------------------------------------------------ hooks ---
 
@@ -392,37 +412,78 @@ class DiversityMonitor:
             self._params_key = key
         return self._params
 
-    def _measure_norms(self) -> Tuple[int, Dict[str, Any], Optional[int]]:
-        """Norms mode: read the capture, reduce on the device, one host copy.
-        Returns (batch, the observation's keywords, the Langevin draws' seed or None)."""
+    def _measure_norms(self, loss: Any) -> Tuple[int, Dict[str, Any], Optional[int], Any]:
+        """Norms mode: read the capture (every micro-batch since the last
+        step), reduce on the device, all-reduce over the ranks (one
+        collective under DDP), one host copy.
+        Returns (batch, the observation's keywords, the Langevin draws' seed
+        or None, the loss as a float or None)."""
         norms = self._norms
         assert norms is not None
         try:
             raw = norms._raw_sq_norms()  # per-example norms of the loss as backpropagated
-            if norms._replaced:
-                raise CaptureError(
-                    f"gdiv.torch: {norms._replaced + 1} forward/backward passes ran since the last monitor.step(); "
-                    ".grad holds their sum but the norms describe the last one. Gradient accumulation over several "
-                    "backward passes per step is not supported yet: call monitor.step() after each backward, or "
-                    "monitor one micro-batch per optimizer step"
-                )
+            sizes = norms._micro_sizes()
         finally:
             norms.reset()  # one step per backward: a second step() is an error
+        mean = self.loss_reduction == "mean"
+        if mean and len(set(sizes)) > 1:
+            raise CaptureError(
+                f"gdiv.torch: the {len(sizes)} micro-batches accumulated since the last monitor.step() have {sizes} "
+                "examples; with a mean loss per micro-batch their examples weigh unequally in .grad, so the norms "
+                "cannot be those of one batch. Use micro-batches of equal size (DataLoader(drop_last=True)) or a "
+                "sum-reduced loss"
+            )
         batch = int(raw.shape[0])
         s_norm, s_grad = self._grad_scale()
         params = self._trainable()
-        sums = device_sums(raw, params)
-        kw: Dict[str, Any] = dict(mean=self.loss_reduction == "mean", norms_scale=s_norm, grad_scale=s_grad)
+        dev = raw.device
+        sum_raw, sq_grad = raw.sum(dtype=_F64), sq_norm(dense_grads(params), dev)
         seed = None
+        extra: List[Tensor] = []
         if self.controller.settings["langevin_std"] > 0:
             seed = self.controller.next_seed
-            sums = torch.cat([sums, self._noise.moments(params, seed, sums.device)])
+            extra = list(self._noise.moments(params, seed, dev))
+        kw: Dict[str, Any] = dict(mean=mean, norms_scale=s_norm, grad_scale=s_grad)
+        if seed is not None:
             kw["dim"] = sum(p.numel() for p in params)
-        vals = sums.to("cpu").tolist()  # the step's one device → host transfer
+        loss_t = _loss_tensor(loss, dev)
+        dp = self._dp
+        if dp is None:
+            vals = torch.stack([sum_raw, sq_grad, *extra, *([] if loss_t is None else [loss_t])]).to("cpu").tolist()
+            if loss_t is not None:
+                loss = vals.pop()
+        else:
+            b = float(batch)
+            has = 0.0 if loss_t is None else 1.0
+            lw = torch.zeros((), dtype=_F64, device=dev) if loss_t is None else loss_t * (b if mean else 1.0)
+            local = [torch.tensor([b, b * b, has], dtype=_F64, device=dev), lw.reshape(1)]
+            same = [dp.from_rank0(t) for t in (sq_grad, *extra)]  # equal on every rank: summed from rank 0 alone
+            vec = dp.all_reduce(torch.cat([torch.stack([sum_raw, *same]), *local]))
+            vals = vec.to("cpu").tolist()  # the step's one device → host transfer
+            total, total_sq, n_loss, loss_sum = vals[-4:]
+            del vals[-4:]
+            batch = int(total)
+            if mean and dp.world * total_sq != total * total:
+                raise CaptureError(
+                    "gdiv.torch: the ranks' local batches differ in size this step; DDP averages the ranks' mean "
+                    "losses, which weighs their examples unequally, so the norms cannot be those of one batch. Give "
+                    "every rank the same number of examples (gdiv.torch.DistributedAdaptiveBatchSampler, or "
+                    "DistributedSampler with drop_last=True) or use a sum-reduced loss"
+                )
+            loss = None if n_loss < dp.world else (loss_sum / total if mean else loss_sum)
+            # DDP averages .grad over the P ranks: a mean loss's per-example
+            # gradients are P times those of the global mean, a sum loss's
+            # .grad is 1/P of the global sum (Go converts).
+            if mean:
+                kw["norms_scale"] = s_norm * dp.world
+            else:
+                kw["grad_scale"] = s_grad / dp.world
         kw["sum_sq_norms"], kw["sq_norm_batch_grad"] = vals[0], vals[1]
         if seed is not None:
             kw["noise_dot"], kw["noise_sq_norm"] = vals[2], vals[3]
-        return batch, kw, seed
+        if isinstance(loss, Tensor):
+            loss = float(loss.detach().reshape(()).item())
+        return batch, kw, seed, loss
 
     def _set_lr(self, batch: int, factor: float) -> Optional[float]:
         """Apply the LR factor for the batch being stepped; return group 0's lr."""
@@ -503,7 +564,7 @@ class DiversityMonitor:
         else:
             if inputs is not None or targets is not None:
                 raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
-            batch, kw, seed = self._measure_norms()
+            batch, kw, seed, loss = self._measure_norms(loss)
         if isinstance(loss, Tensor):
             loss = float(loss.detach().reshape(()).item())
         elif loss is not None:
@@ -546,17 +607,16 @@ class DiversityMonitor:
         assert norms is not None
         if inputs is not None or targets is not None:
             raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
-        batch, forwards = norms._take_inert_batch()
-        if forwards > 1:
-            raise CaptureError(
-                f"gdiv.torch: {forwards} forward passes ran since the last monitor.step(); gradient accumulation over "
-                "several backward passes per step is not supported yet: call monitor.step() after each backward"
-            )
+        batch, _ = norms._take_inert_batch()  # the micro-batches' examples, added up
         if batch is None:
             raise CaptureError(
                 "gdiv.torch: no train-mode forward pass of the model (with gradients, through its own forward) since "
                 "the last monitor.step(): run the forward and loss.backward() first"
             )
+        if self._dp is not None:
+            # No collective on an unmeasured step: the global batch is P equal
+            # shares (the distributed sampler's; a measured step checks it).
+            batch *= self._dp.world
         kw: Dict[str, Any] = {"unmeasured": True}
         seed = None
         if self.controller.settings["langevin_std"] > 0:
@@ -683,6 +743,18 @@ def _record(d: Decision, examples: int, lr: Optional[float], loss: Optional[floa
         "no_signal": bool(sm.no_signal),
         "skipped": d.skipped,
     }
+
+
+def _loss_tensor(loss: Any, device: torch.device) -> Optional[Tensor]:
+    """The recorded loss as a float64 0-dim tensor on ``device`` (None
+    without a loss), read with the step's other sums."""
+    if loss is None:
+        return None
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"DiversityMonitor.step: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return loss.detach().reshape(()).to(device=device, dtype=_F64)
+    return torch.tensor(float(loss), dtype=_F64, device=device)
 
 
 def _sums_of(rows: Tensor) -> Tuple[float, float]:
