@@ -25,8 +25,8 @@ from ..controller import Controller, Decision, EstimatorView
 from ..errors import NonFiniteError, ParamError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import LR_RULES, BatchSizePolicy
-from ._options import check_options, finite_real
 from ._dist import DataParallel, resolve
+from ._options import check_options, finite_real
 from ._reduce import NoiseDraws, dense_grads, sq_norm
 from .capture import PerExampleNorms
 from .errors import CaptureError

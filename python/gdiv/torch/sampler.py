@@ -271,9 +271,7 @@ class DistributedAdaptiveBatchSampler(AdaptiveBatchSampler):
             import torch.distributed as dist
 
             if dp is None and not (dist.is_available() and dist.is_initialized()):
-                raise ValueError(
-                    "DistributedAdaptiveBatchSampler: torch.distributed is not initialized; give num_replicas, rank and seed"
-                )
+                raise ValueError("DistributedAdaptiveBatchSampler: torch.distributed is not initialized; give num_replicas, rank and seed")
             if num_replicas is None:
                 num_replicas = dp.world if dp is not None else dist.get_world_size()
             if rank is None:
