@@ -36,6 +36,8 @@ def dataset(seed: int = 11):
 def mlp(cfg: Dict[str, Any]) -> nn.Module:
     torch.manual_seed(0)
     layers = [nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)]
+    if cfg.get("bn"):  # train-mode BatchNorm: two_scale only
+        layers.insert(1, nn.BatchNorm1d(8))
     return nn.Sequential(*layers).double()
 
 
@@ -63,6 +65,7 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
         estimator_beta=0.5,
         seed=5,
         measure_every=cfg.get("measure_every", 1),
+        mode=cfg.get("mode", "norms"),
     )
     if world:
         sampler = DistributedAdaptiveBatchSampler(N, mon, replacement=cfg.get("replacement", False), seed=3)
@@ -83,8 +86,11 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
             if cfg.get("fail_at") == len(records) and rank == cfg.get("fail_rank", 1):
                 raise ValueError(f"rank {rank}: a bad batch at step {len(records)}")
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(xb), yb, reduction=red)
-            loss.backward()
+            micro = cfg.get("micro", 1)  # gradient accumulation: equal micro-batches, each mean loss / micro
+            m = len(idx) // micro
+            for j in range(micro):
+                loss = F.cross_entropy(net(xb[j * m : (j + 1) * m]), yb[j * m : (j + 1) * m], reduction=red)
+                (loss / micro if red == "mean" else loss).backward()
             rec = mon.step(loss=loss)
             records.append(rec)
             local.append(len(idx))
