@@ -71,6 +71,12 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
         sampler = DistributedAdaptiveBatchSampler(N, mon, replacement=cfg.get("replacement", False), seed=3)
     else:
         sampler = AdaptiveBatchSampler(N, mon, replacement=cfg.get("replacement", False), seed=3)
+    if cfg.get("load"):  # resume from a checkpoint written by a run with state_at
+        ck = torch.load(cfg["load"], weights_only=False)
+        model.load_state_dict(ck["weights"])
+        opt.load_state_dict(ck["optimizer"])
+        mon.load_state_dict(ck["monitor"])
+        sampler.load_state_dict(ck["sampler"])
     records, local = [], []
     steps = cfg.get("steps", 12)
     state_at = cfg.get("state_at")
@@ -97,7 +103,12 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
             if rec["skipped"] != "non-finite":
                 opt.step()
             if state_at is not None and len(records) == state_at:
-                saved = {"monitor": mon.state_dict(), "sampler": sampler.state_dict()}
+                saved = {
+                    "monitor": mon.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                }
             if len(records) >= steps:
                 break  # before the sampler draws a batch it would not train on
     return {

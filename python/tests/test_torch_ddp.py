@@ -189,3 +189,35 @@ def test_torchrun_launches_the_ddp_job(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert identical(r0["records"], r1["records"])
     assert_same_run(r0, _ddp_worker.train(cfg, 0, 0))
+
+
+@pytest.mark.parametrize("world_after", [2, 4])
+def test_resume_makes_the_same_decisions_on_the_same_or_another_world_size(world_after, tmp_path):
+    """A 2-rank run checkpointed at step 5 and resumed (2 ranks again, or 4):
+    the global batches, decisions and estimates of the uninterrupted run."""
+    cfg = {"batch": 8, "adaptive": True, "steps": 12, "multiple_of": 4, "state_at": 5}
+    first = tmp_path / "first"
+    first.mkdir()
+    full = ok(*spawn(2, cfg, first))[0]
+    ck = tmp_path / "ck.pt"
+    torch.save(full["saved"], ck)
+    again = tmp_path / "again"
+    again.mkdir()
+    res = ok(*spawn(world_after, dict(cfg, steps=7, load=str(ck), state_at=None), again))
+    for r in res[1:]:
+        assert identical(r["records"], res[0]["records"])
+    tail = dict(full, records=full["records"][5:])
+    assert_same_run(res[0], tail)
+    assert res[0]["records"][0]["step"] == 6
+
+
+def test_200_adaptive_steps_identical_on_every_rank(tmp_path):
+    """Long enough for the batch to move many times and to cross several
+    epochs (a batch that crosses a permutation's end continues into the
+    next, so every share stays equal); compared exactly."""
+    cfg = {"batch": 8, "adaptive": True, "steps": 200, "multiple_of": 2, "warmup": 1, "lr": 0.3}
+    res = ok(*spawn(2, cfg, tmp_path, timeout=240))
+    assert identical(res[0]["records"], res[1]["records"])
+    assert all(torch.equal(res[1]["weights"][k], v) for k, v in res[0]["weights"].items())
+    sizes = [r["batch"] for r in res[0]["records"]]
+    assert len(set(sizes)) > 3, sizes

@@ -792,6 +792,10 @@ class DiversityMonitor:
         if pol_state is not None and not isinstance(pol_state, dict):
             raise ParamError(f"DiversityMonitor.load_state_dict: policy = {pol_state!r}: want a dict or None")
         policy = None if pol_state is None else BatchSizePolicy(**pol_state)
+        dp = self._dp
+        if dp is not None and policy is not None and policy.multiple_of % dp.world:
+            # resumed on another world size: the policy is rounded to it again
+            policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
         if lr_rule not in LR_RULES:
             raise ParamError(f"DiversityMonitor.load_state_dict: lr_rule = {lr_rule!r}: want one of {LR_RULES}")
         settings = self.controller.settings
@@ -799,6 +803,12 @@ class DiversityMonitor:
         settings["batch_size"] = None  # the state sets the batch
         controller = Controller(**settings, seed=seed)
         controller.load_state_dict(ctrl_state)
+        b = controller.batch_size
+        if dp is not None and b is not None and b % dp.world:
+            raise ValueError(
+                f"DiversityMonitor.load_state_dict: the checkpoint's global batch {b} does not split over "
+                f"{dp.world} ranks; resume on a world size that divides it (or one the checkpoint's policy rounds to)"
+            )
         if base_lrs is not None:
             if not isinstance(base_lrs, (list, tuple)) or not all(finite_real(v) for v in base_lrs):
                 raise ParamError(f"DiversityMonitor.load_state_dict: base_lrs = {base_lrs!r}: want a list of finite numbers or None")
