@@ -573,7 +573,13 @@ func (c *Controller) batchEstimate(o Observation, noiseStd float64) (Estimate, f
 		if !isFinite(small) || !isFinite(big) {
 			return Estimate{}, 0, 0, fmt.Errorf("%w: two-scale squared norms %v (local), %v (global)", ErrNonFinite, o.SqNormSmall, o.SqNormBatchGrad)
 		}
-		e, err := EstimateTwoScale(o.BSmall, small, b, big)
+		var e Estimate
+		var err error
+		if c.set.Sampling == Shuffle {
+			e, err = EstimateTwoScaleFinite(o.BSmall, small, b, big, c.set.DatasetSize)
+		} else {
+			e, err = EstimateTwoScale(o.BSmall, small, b, big)
+		}
 		return e, math.NaN(), math.NaN(), err
 	}
 	sqGrad := o.SqNormBatchGrad

@@ -85,6 +85,35 @@ def test_unbiased_by_exact_enumeration():
     assert sum(m2s) / len(m2s) == pytest.approx(want_tr + want_g, rel=1e-10)
 
 
+def test_unbiased_without_replacement_by_exact_enumeration():
+    """Shuffled epochs (dataset_size given): every ordered draw of 4 distinct
+    examples out of 5, as 2 micro-batches of 2: the finite-population pair
+    is exactly unbiased (the i.i.d. pair would underestimate G)."""
+    torch.manual_seed(4)
+    model = nn.Linear(3, 1).double()
+    xs = torch.randn(5, 3, dtype=torch.float64)
+    ys = torch.randn(5, 1, dtype=torch.float64)
+    params = list(model.parameters())
+    per = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.mse_loss(model(xs[i : i + 1]), ys[i : i + 1]), params)]) for i in range(5)]
+    G = torch.stack(per).mean(0)
+    want_g = float(G.square().sum())
+    want_m2 = float(torch.stack([p.square().sum() for p in per]).mean())
+    mon = DiversityMonitor(model, mode="two_scale", estimator_beta=0.0, dataset_size=5)
+    assert mon.sampling == "shuffle"
+    gs, m2s = [], []
+    for draw in itertools.permutations(range(5), 4):
+        model.zero_grad(set_to_none=True)
+        idx = list(draw)
+        for half in (idx[:2], idx[2:]):
+            (F.mse_loss(model(xs[half]), ys[half]) / 2).backward()
+        rec = mon.step()
+        gs.append(rec["g"])
+        m2s.append(rec["m2"])
+    assert len(gs) == 120
+    assert sum(gs) / len(gs) == pytest.approx(want_g, rel=1e-10)
+    assert sum(m2s) / len(m2s) == pytest.approx(want_m2, rel=1e-10)
+
+
 def test_train_mode_batchnorm_is_monitored():
     model = mlp(bn=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
