@@ -120,11 +120,64 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
     }
 
 
+def ground_truth(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
+    """Go's reference trainer (the same on every rank) and the DDP run fed
+    each global batch's shares: the records and weights, per problem."""
+    import numpy as np
+
+    import gdiv
+    from gdiv import reference as ref
+    from gdiv.torch import DiversityMonitor
+
+    torch.set_num_threads(1)
+    raw = np.loadtxt(cfg["digits"], delimiter=",", skiprows=1)
+    X, y0 = raw[:300, :64], raw[:300, 64].astype(np.int64)
+    sd = X.std(0)
+    sd[sd == 0] = 1.0
+    X = np.ascontiguousarray((X - X.mean(0)) / sd)
+    n, d = X.shape
+    out: Dict[str, Any] = {}
+    for problem in cfg["problems"]:
+        y = y0 % 2 if problem == "logistic" else y0
+        k = None if problem == "logistic" else 10
+        lr = 0.3
+        res = ref.train(
+            X, y, problem=problem, l2=0.0, hidden=12, lr=lr, step="mean", batch=8, steps=cfg.get("steps", 40),
+            policy=gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0, multiple_of=world), seed=3, estimator_beta=0.9,
+            record_indices=True, classes=k,
+        )  # fmt: skip
+        w0 = ref.initial_weights(problem, d, k, hidden=12, seed=3)
+        layout = ref.param_layout(problem, d, k, hidden=12)
+        if problem == "logistic":
+            model: nn.Module = nn.Linear(d, 1)
+            loss_fn = lambda o, t: F.binary_cross_entropy_with_logits(o.squeeze(-1), t.to(o.dtype))  # noqa: E731
+        else:
+            model = nn.Linear(d, 10) if problem == "softmax" else nn.Sequential(nn.Linear(d, 12), nn.Tanh(), nn.Linear(12, 10))
+            loss_fn = F.cross_entropy
+        model = model.double()
+        model.load_state_dict({name: torch.as_tensor(v) for name, v in layout.to_torch_state(w0).items()})
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        mon = DiversityMonitor(ddp, policy=res.policy, optimizer=opt, batch_size=8, dataset_size=n, sampling="replacement", seed=3)
+        Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+        recs, batches = [], []
+        for idx in res.batches:
+            batches.append(mon.batch_size)
+            share = len(idx) // world
+            ii = torch.as_tensor(list(idx)[rank * share : (rank + 1) * share])
+            opt.zero_grad(set_to_none=True)
+            loss_fn(ddp(Xt[ii]), yt[ii]).backward()
+            recs.append(mon.step())
+            opt.step()
+        out[problem] = {"records": recs, "decided": batches, "weights": layout.from_torch_state(model.state_dict())}
+    return out
+
+
 def run(rank: int, world: int, init: str, out: str, cfg: Dict[str, Any]) -> None:
     """multiprocessing entry: one rank, results in out/rank{r}.pt (or the error in out/rank{r}.err)."""
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=cfg.get("timeout", 60)))
     try:
-        res = train(cfg, world, rank)
+        res = ground_truth(cfg, world, rank) if cfg.get("job") == "ground_truth" else train(cfg, world, rank)
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     except BaseException as e:  # noqa: BLE001 — reported to the test
         with open(os.path.join(out, f"rank{rank}.err"), "w") as f:

@@ -221,3 +221,44 @@ def test_200_adaptive_steps_identical_on_every_rank(tmp_path):
     assert all(torch.equal(res[1]["weights"][k], v) for k, v in res[0]["weights"].items())
     sizes = [r["batch"] for r in res[0]["records"]]
     assert len(set(sizes)) > 3, sizes
+
+
+def test_ground_truth_go_trainer_reproduces_the_ddp_run(tmp_path):
+    """Go's reference trainer, fed the same global sample indices, has the DDP
+    run's weights and batch-size history (1e-9): logistic, softmax, MLP, mean
+    step, adaptive, 2 ranks each given its share of Go's batches."""
+    import numpy as np
+
+    from gdiv import reference as ref
+
+    digits = os.path.join(os.path.dirname(os.path.dirname(HERE)), "testdata", "digits.csv")
+    problems = ["logistic", "softmax", "mlp"]
+    res = ok(*spawn(2, {"job": "ground_truth", "digits": digits, "problems": problems, "steps": 40}, tmp_path))
+    assert identical(res[0]["mlp"]["records"], res[1]["mlp"]["records"])
+    raw = np.loadtxt(digits, delimiter=",", skiprows=1)
+    X, y0 = raw[:300, :64], raw[:300, 64].astype(np.int64)
+    sd = X.std(0)
+    sd[sd == 0] = 1.0
+    X = np.ascontiguousarray((X - X.mean(0)) / sd)
+    import gdiv
+
+    for problem in problems:
+        y = y0 % 2 if problem == "logistic" else y0
+        go = ref.train(
+            X, y, problem=problem, l2=0.0, hidden=12, lr=0.3, step="mean", batch=8, steps=40,
+            policy=gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0, multiple_of=2), seed=3, estimator_beta=0.9,
+            record_indices=True, classes=None if problem == "logistic" else 10,
+        )  # fmt: skip
+        got = res[0][problem]
+        hist = go.history
+        assert got["decided"] == [len(b) for b in go.batches], problem
+        assert len(set(hist["batch"].tolist())) > 3, "the run must exercise the policy"
+        assert [r["batch"] for r in got["records"]] == hist["batch"].tolist()
+        for key in ("m2", "g", "batch_bound", "lr"):
+            want = np.asarray(hist[key], dtype=float)
+            have = np.asarray([r[key] for r in got["records"]], dtype=float)
+            fin = np.isfinite(want)
+            assert np.array_equal(np.isfinite(have), fin), (problem, key)
+            assert np.all(np.abs(have[fin] - want[fin]) <= 1e-9 * np.abs(want[fin])), (problem, key)
+        w, wg = np.asarray(got["weights"]), go.weights
+        assert np.linalg.norm(w - wg) <= 1e-9 * np.linalg.norm(wg), problem
