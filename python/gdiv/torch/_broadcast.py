@@ -177,7 +177,7 @@ class BroadcastTracker(TorchFunctionMode):
         return None
 
     def _hits(self, args: Any, kwargs: Dict[str, Any]) -> List["_Record"]:
-        found = []
+        found: List["_Record"] = []
         for a in (*args, *kwargs.values()):
             if isinstance(a, (list, tuple)):
                 found.extend(r for r in map(self._lookup, a) if r is not None)
