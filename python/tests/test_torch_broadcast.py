@@ -223,3 +223,54 @@ def test_the_mode_is_left_after_the_broadcast_and_after_an_error():
         with pytest.raises(IndexError):
             model(bad)
         assert torch._C._len_torch_function_stack() == 0
+
+
+class Scaled(PosEmbed):
+    """An op with a scalar before the broadcast: the result is not followed."""
+
+    def forward(self, ids):
+        p = 2.0 * self.pos(torch.arange(ids.shape[1]).unsqueeze(0))
+        return self.out(torch.tanh(self.tok(ids) + p))
+
+
+class Returned(PosEmbed):
+    """Broadcast, and returned by the model (used in the loss, or not)."""
+
+    def forward(self, ids):
+        p = self.pos(torch.arange(ids.shape[1]).unsqueeze(0))
+        return self.out(torch.tanh(self.tok(ids) + p)), p
+
+
+def test_an_op_with_a_scalar_before_the_broadcast_is_refused():
+    model = Scaled().double()
+    pen = PerExampleNorms(model)
+    with pytest.raises(CaptureError, match=r"'pos' \(Embedding\) saw 1\..*batch of 1 whose output"):
+        smooth_loss(model(ids())).mean().backward()
+        pen.sq_norms()
+
+
+def test_a_returned_shared_output_is_exact_unless_the_loss_uses_it():
+    torch.manual_seed(4)
+    model = Returned().double()
+    x = ids()
+    want = loop_sq_norms(model, x, lambda out: smooth_loss(out[0]))
+    with PerExampleNorms(model) as pen:
+        out, _ = model(x)
+        smooth_loss(out).mean().backward()
+        assert_norms(pen.sq_norms(), want)
+        out, p = model(x)
+        (smooth_loss(out).mean() + p.sum()).backward()
+        with pytest.raises(CaptureError, match="could not see"):
+            pen.sq_norms()
+
+
+def test_a_batch_of_one_enters_no_mode():
+    model = PosEmbed().double()
+    seen = []
+    model.tok.register_forward_hook(lambda m, a, o: seen.append(torch._C._len_torch_function_stack()))
+    with PerExampleNorms(model):
+        model(ids(1))  # the use audit's forward
+        seen.clear()
+        model(ids(1))
+        model(ids(3))
+    assert seen == [0, 1]  # B = 3: the position embedding's output is watched until the broadcast

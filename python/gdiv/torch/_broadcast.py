@@ -21,7 +21,7 @@ to there (``(h + p) * p``) are followed, later ones are left to the backstop
 below (and refused).
 
 Exact, or refused: any other use of the shared output that carries gradient
-(a view, an index, a reduction, a cast, being returned by the model) adds
+(a view, an index, a reduction, a cast, a penalty on it) adds
 gradient the per-example split cannot see; such a record is refused with a
 ``CaptureError`` if it was also broadcast, and if it was not, it keeps its
 batch of 1 and the capture's batch-size check refuses it. A backstop after
@@ -156,17 +156,15 @@ class BroadcastTracker(TorchFunctionMode):
         self.tracked[id(out)] = (weakref.ref(out), rec)
         self.finished = False
 
-    def stop(self, output: Any = None) -> None:
+    def stop(self) -> None:
         """Leave the mode (if it is on top of the stack: a mode entered inside
-        the forward and not left is not popped instead); a shared output the
-        model returns is a use too."""
+        the forward and not left is not popped instead). Uses of a shared
+        output after this (it may be returned by the model and used in the
+        loss) are the backstop's."""
         if self.active and torch._C._len_torch_function_stack() == self.depth:
             self.active = False
             self.__exit__(None, None, None)
         self.finished = False
-        if output is not None and self.tracked:
-            for rec in self._hits(output if isinstance(output, (list, tuple)) else (output,), {}):
-                self._direct(rec, "the model's output")
         self.tracked = {}
 
     def _lookup(self, t: Any) -> Optional["_Record"]:

@@ -140,6 +140,8 @@ class PerExampleNorms:
         self._audit_problem: Optional[str] = None
         self._root_depth = 0
         self._fn_stack = 0  # torch function modes active when the model's forward began
+        self._root_inputs: Optional[Tuple[Any, Any]] = None  # the model's forward's (args, kwargs) while it runs
+        self._root_batch = -1  # their batch (-1: not looked at yet)
         self._tracker: Optional[BroadcastTracker] = None  # outputs shared by the batch (see _broadcast)
         # Inert (unmeasured steps of a monitor's cadence): the hooks return at
         # a flag check; the root's pre-hook only notes the batch size.
@@ -225,11 +227,7 @@ class PerExampleNorms:
         if not self.enabled:
             if self._root_depth == 1 and self._model.training and torch.is_grad_enabled():
                 self._inert_forwards += 1
-                bd = self.batch_dim
-                x = args[0] if args and isinstance(args[0], Tensor) else None
-                if x is None or x.dim() <= bd:
-                    x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
-                self._inert_batch = None if x is None else int(x.shape[bd])
+                self._inert_batch = self._input_batch(args, kwargs)
             return None
         if (
             self._root_depth == 1
@@ -248,6 +246,16 @@ class PerExampleNorms:
             self._audit = audit
         if self._root_depth == 1:
             self._fn_stack = torch._C._len_torch_function_stack()
+            self._root_inputs, self._root_batch = (args, kwargs), -1  # its batch: found if needed
+
+    def _input_batch(self, args: Any, kwargs: Any) -> Optional[int]:
+        """The size along batch_dim of the first batched tensor among a
+        forward's inputs (None: none)."""
+        bd = self.batch_dim
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is None or x.dim() <= bd:
+            x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
+        return None if x is None else int(x.shape[bd])
 
     def _take_inert_batch(self) -> Tuple[Optional[int], int]:
         """(the batch of the last inert train-mode forward, the number of
@@ -258,8 +266,10 @@ class PerExampleNorms:
 
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._root_depth = max(self._root_depth - 1, 0)
+        if self._root_depth == 0:
+            self._root_inputs = None
         if self._root_depth == 0 and self._tracker is not None and (self._tracker.active or self._tracker.tracked):
-            self._tracker.stop(output)  # entered after the audit's mode: left before it
+            self._tracker.stop()  # entered after the audit's mode: left before it
         if self._root_depth == 0 and self._audit is not None:
             audit, self._audit = self._audit, None
             self._audit_pending = False
@@ -414,6 +424,11 @@ class PerExampleNorms:
         (``_broadcast``), from now until the model's forward returns."""
         if torch.jit.is_tracing() or _compiling():
             return
+        if self._root_batch == -1:
+            inputs = self._root_inputs
+            self._root_batch = (self._input_batch(*inputs) or 0) if inputs is not None else 0
+        if self._root_batch == 1:
+            return  # a batch of 1: nothing is broadcast over it (and every call has batch 1)
         tracker = self._tracker
         if tracker is None:
             tracker = self._tracker = BroadcastTracker(self, self.batch_dim)
@@ -587,7 +602,7 @@ class PerExampleNorms:
     def _release(rec: _Record) -> None:
         rec.done = True
         rec.pending = 0
-        rec.args, rec.kwargs, rec.grads = (), {}, []
+        rec.args, rec.kwargs, rec.grads, rec.bcast_acc = (), {}, [], None
 
     def _rule_applies(self, rec: _Record) -> bool:
         return (
