@@ -120,6 +120,15 @@ def test_position_embeddings_broadcast_over_the_batch_are_exact(combine, reducti
     assert torch._C._len_torch_function_stack() == 0  # the mode was left
 
 
+def test_float32_broadcast_is_exact_to_rounding_and_not_refused():
+    torch.manual_seed(5)
+    model = PosEmbed("twice")  # two copies of the shared output's gradient, summed
+    x = ids(64)
+    want = loop_sq_norms(model.double(), x, smooth_loss)
+    got = hooked_sq_norms(model.float(), x, smooth_loss, "mean")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * want.max().item())
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_a_shared_input_of_a_linear_is_exact(reduction):
     torch.manual_seed(1)

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,26 @@ def test_conv1d_rule_is_exact(shape):
     with PerExampleNorms(layer, loss_reduction="sum", fallback=False) as pen:
         loss(layer(x)).sum().backward()
         assert_norms(pen.sq_norms(), torch.stack(want))
+
+
+def test_conv1d_rule_is_registered_lazily_and_yields_to_the_users(tmp_path):
+    """gdiv.torch never imports transformers; its Conv1D rule is registered
+    at the first lookup after transformers is imported, unless the user
+    registered one first."""
+    script = """
+import sys
+import gdiv.torch
+assert "transformers" not in sys.modules, "gdiv.torch imported transformers"
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+from gdiv.torch import find_norm_rule, register_norm_rule
+@register_norm_rule(Conv1D)
+def mine(layer, inputs, grad_output, ctx):
+    raise AssertionError("not called")
+assert find_norm_rule(Conv1D(3, 2)) is mine
+assert find_norm_rule(nn.Linear(2, 3)) is not mine
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
