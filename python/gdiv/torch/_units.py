@@ -69,7 +69,7 @@ class _Unit:
 class _Record:
     """One call of a unit in the current capture."""
 
-    __slots__ = ("unit", "generation", "args", "kwargs", "out_index", "batch", "grads", "pending", "done")
+    __slots__ = ("unit", "generation", "args", "kwargs", "out_index", "batch", "grads", "pending", "done", "bcast", "bcast_acc", "direct")
 
     def __init__(
         self,
@@ -89,6 +89,12 @@ class _Record:
         self.grads: List[Optional[Tensor]] = [None] * len(out_index)
         self.pending = len(out_index)
         self.done = False
+        # A call with a batch of 1 whose output is broadcast over the batch
+        # (see _broadcast): the batch it was broadcast to (0: none), the sum
+        # of the expanded outputs' gradients, the first other use seen.
+        self.bcast = 0
+        self.bcast_acc: Optional[Tensor] = None
+        self.direct: Optional[str] = None
 
 
 def _detach(x: Any) -> Any:

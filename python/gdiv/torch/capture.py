@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ._audit import UseAudit
+from ._broadcast import BroadcastTracker, expand_batch
 from ._hooks import _in_backward, _OutputGradHook, _suspended, _WeakHook
 from ._units import (
     _compute_dtype,
@@ -40,6 +41,13 @@ from .rules.conv import _conv_rule, conv_method, conv_norms_and_grads
 __all__ = ["PerExampleNorms"]
 
 _LOSS_REDUCTIONS = ("mean", "sum")
+
+_SHARED_HINT = (
+    " A module called with a batch of 1 whose output the model broadcasts over the batch (position "
+    "embeddings looked up with ids of shape (1, T)) is supported when a broadcasting add, sub, mul or "
+    "div combines that output itself with a tensor carrying the batch; otherwise call it on inputs "
+    "expanded to the batch (e.g. position_ids.expand(batch_size, -1)), or freeze its parameters."
+)
 
 
 def _compiling() -> bool:
@@ -131,6 +139,10 @@ class PerExampleNorms:
         self._audit_pending = False
         self._audit_problem: Optional[str] = None
         self._root_depth = 0
+        self._fn_stack = 0  # torch function modes active when the model's forward began
+        self._root_inputs: Optional[Tuple[Any, Any]] = None  # the model's forward's (args, kwargs) while it runs
+        self._root_batch = -1  # their batch (-1: not looked at yet)
+        self._tracker: Optional[BroadcastTracker] = None  # outputs shared by the batch (see _broadcast)
         # Inert (unmeasured steps of a monitor's cadence): the hooks return at
         # a flag check; the root's pre-hook only notes the batch size.
         self.enabled = True
@@ -221,11 +233,7 @@ class PerExampleNorms:
         if not self.enabled:
             if self._root_depth == 1 and self._model.training and torch.is_grad_enabled():
                 self._inert_forwards += 1
-                bd = self.batch_dim
-                x = args[0] if args and isinstance(args[0], Tensor) else None
-                if x is None or x.dim() <= bd:
-                    x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
-                b = None if x is None else int(x.shape[bd])
+                b = self._input_batch(args, kwargs)
                 if self.accumulate and self._inert_forwards > 1:  # micro-batches add up
                     self._inert_batch = None if b is None or self._inert_batch is None else self._inert_batch + b
                 else:
@@ -246,6 +254,18 @@ class PerExampleNorms:
                 audit.running[id(module)] = 1  # the root's own pre-hook added now does not run this call
             audit.start()
             self._audit = audit
+        if self._root_depth == 1:
+            self._fn_stack = torch._C._len_torch_function_stack()
+            self._root_inputs, self._root_batch = (args, kwargs), -1  # its batch: found if needed
+
+    def _input_batch(self, args: Any, kwargs: Any) -> Optional[int]:
+        """The size along batch_dim of the first batched tensor among a
+        forward's inputs (None: none)."""
+        bd = self.batch_dim
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is None or x.dim() <= bd:
+            x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
+        return None if x is None else int(x.shape[bd])
 
     def _take_inert_batch(self) -> Tuple[Optional[int], int]:
         """(the batch of the last inert train-mode forward, the number of
@@ -256,12 +276,18 @@ class PerExampleNorms:
 
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._root_depth = max(self._root_depth - 1, 0)
+        if self._root_depth == 0:
+            self._root_inputs = None
+        if self._root_depth == 0 and self._tracker is not None and (self._tracker.active or self._tracker.tracked):
+            self._tracker.stop()  # entered after the audit's mode: left before it
         if self._root_depth == 0 and self._audit is not None:
             audit, self._audit = self._audit, None
             self._audit_pending = False
             self._audit_problem = audit.stop()
 
     def _stop_audit(self) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
         if self._audit is not None:
             self._audit.stop()
             self._audit = None
@@ -315,6 +341,7 @@ class PerExampleNorms:
         self._seen_params: set = set()  # id(p): units whose outputs got gradients
         self._grad_params: set = set()  # id(p): received .grad in this capture's backward
         self._problems: List[str] = []
+        self._bcast_checks: List[Tuple[str, Tensor]] = []  # (unit label, True where gradient bypassed the broadcast)
         self._backward_seen = False
         self._result: Optional[Tuple[Tensor, Dict[str, Tensor], float]] = None
 
@@ -327,6 +354,8 @@ class PerExampleNorms:
     def _forward_hook(self, unit: _Unit, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not self.enabled or not torch.is_grad_enabled() or _suspended():
             return
+        if self._tracker is not None and self._tracker.finished:
+            self._tracker.stop()  # every shared output was broadcast: no more dispatch through the mode
         # Fast paths (one tensor output; one positional tensor input, no
         # kwargs: every rule-handled layer) skip the pytree walks.
         if isinstance(output, Tensor):
@@ -386,6 +415,8 @@ class PerExampleNorms:
             # (and takes the batch weight gradient from the norms' by-product).
             output.grad_fn.sink = _WeakHook(self, "_fused_backward", rec)
             return
+        if batch == 1 and self._root_depth > 0 and len(index) == 1 and outs[index[0]].grad_fn is not None:
+            self._track_shared(rec, outs[index[0]])
         for slot, j in enumerate(index):
             out = outs[j]
             node = out.grad_fn
@@ -397,6 +428,76 @@ class PerExampleNorms:
                 # hooks, as fused convolutions do), and about half the cost of
                 # registering a tensor hook (1 vs 2 µs in a loop).
                 node.register_prehook(_OutputGradHook(self, rec, slot, out.output_nr))
+
+    # ------------------------------------------- outputs shared by the batch ---
+
+    def _track_shared(self, rec: _Record, out: Tensor) -> None:
+        """Watch a batch-1 call's output for a broadcast over the batch
+        (``_broadcast``), from now until the model's forward returns."""
+        if torch.jit.is_tracing() or _compiling():
+            return
+        if self._root_batch == -1:
+            inputs = self._root_inputs
+            self._root_batch = (self._input_batch(*inputs) or 0) if inputs is not None else 0
+        if self._root_batch == 1:
+            return  # a batch of 1: nothing is broadcast over it (and every call has batch 1)
+        tracker = self._tracker
+        if tracker is None:
+            tracker = self._tracker = BroadcastTracker(self, self.batch_dim)
+        if not tracker.active:
+            if torch._C._len_torch_function_stack() != self._fn_stack:
+                return  # inside a mode the forward entered: ours could not be left in order
+            tracker.start()
+        tracker.track(out, rec)
+
+    def _bcast_start(self, rec: _Record, n: int) -> None:
+        """The tracker expanded ``rec``'s output to a batch of ``n``: from now
+        on the call is one on its inputs expanded to that batch."""
+        if rec.bcast:
+            return
+        bd = self.batch_dim
+        rec.bcast = rec.batch = n
+        rec.args = tuple(expand_batch(a, bd, n) for a in rec.args)
+        rec.kwargs = {k: expand_batch(v, bd, n) for k, v in rec.kwargs.items()}
+        if rec.direct is not None:
+            self._bcast_problem(rec)
+
+    def _bcast_problem(self, rec: _Record) -> None:
+        msg = (
+            f"module {rec.unit.label} was called with a batch of 1 and its output is broadcast over the "
+            f"batch of {rec.bcast}, but it is also used by {rec.direct}, which adds gradient that cannot be "
+            "split per example. Call the module on inputs expanded to the batch (e.g. "
+            "position_ids.expand(batch_size, -1)), or freeze its parameters."
+        )
+        if msg not in self._problems:
+            self._problems.append(msg)
+
+    def _bcast_part(self, rec: _Record, grad: Tensor) -> None:
+        """The gradient of one expanded copy of ``rec``'s output, (N, ...)."""
+        if rec.generation != self._generation or not self._attached:
+            return
+        g = grad.detach()
+        rec.bcast_acc = g if rec.bcast_acc is None else rec.bcast_acc + g
+
+    def _bcast_total(self, rec: _Record, grad: Tensor) -> Tensor:
+        """``rec``'s per-example output gradient, from the expanded copies,
+        once the output's own (batch-summed) gradient ``grad`` arrives; notes
+        for _finalize whether all of ``grad`` came through them."""
+        acc, rec.bcast_acc = rec.bcast_acc, None
+        bd = self.batch_dim
+        if acc is None:  # the gradient arrived by another way only
+            self._problems.append(
+                f"module {rec.unit.label} was called with a batch of 1 and its output is broadcast over the "
+                "batch, but its gradient reached it by another way. Call the module on inputs expanded to "
+                "the batch (e.g. position_ids.expand(batch_size, -1)), or freeze its parameters."
+            )
+            return expand_batch(grad.detach(), bd, rec.bcast)
+        # Backstop for uses the mode cannot see: the batch-summed gradient is
+        # the sum of the copies' up to rounding.
+        fi = torch.finfo(acc.dtype)
+        bound = acc.abs().sum(bd, keepdim=True).mul_(4 * rec.bcast * fi.eps).add_(fi.tiny)
+        self._bcast_checks.append((rec.unit.label, ((grad.detach() - acc.sum(bd, keepdim=True)).abs() > bound).any()))
+        return acc
 
     def _fusing(self) -> bool:
         """Whether a fused convolution's forward should run the fused Function
@@ -452,6 +553,8 @@ class PerExampleNorms:
             return  # a stale graph (a later capture began, or hooks removed)
         self._backward_seen = True
         self._last_backward = "train"
+        if rec.bcast and not (rec.done or rec.grads[slot] is not None):
+            grad = self._bcast_total(rec, grad)
         if rec.done or rec.grads[slot] is not None:
             msg = (
                 "a second backward pass went through the same captured forward (retain_graph=True, "
@@ -475,7 +578,7 @@ class PerExampleNorms:
             raise CaptureError(
                 f"gdiv.torch: inconsistent batch sizes along batch_dim={self.batch_dim}: module "
                 f"{self._batch_from} saw {self._batch}, module {rec.unit.label} saw {rec.batch}. "
-                "Set batch_dim to the example dimension of the layer inputs."
+                "Set batch_dim to the example dimension of the layer inputs." + (_SHARED_HINT if 1 in (rec.batch, self._batch) else "")
             )
 
     def _process(self, rec: _Record) -> None:
@@ -511,7 +614,7 @@ class PerExampleNorms:
     def _release(rec: _Record) -> None:
         rec.done = True
         rec.pending = 0
-        rec.args, rec.kwargs, rec.grads = (), {}, []
+        rec.args, rec.kwargs, rec.grads, rec.bcast_acc = (), {}, [], None
 
     def _rule_applies(self, rec: _Record) -> bool:
         return (
@@ -596,6 +699,14 @@ class PerExampleNorms:
             )
         if self._problems:
             raise CaptureError("gdiv.torch: " + " ".join(self._problems))
+        bypassed = sorted({label for label, bad in self._bcast_checks if bool(bad)})
+        if bypassed:
+            raise CaptureError(
+                f"gdiv.torch: the output of {', '.join(bypassed)}, called with a batch of 1 and broadcast over "
+                "the batch, also received gradient by a way that cannot be split per example (a use the "
+                "capture could not see). Call the module on inputs expanded to the batch (e.g. "
+                "position_ids.expand(batch_size, -1)), or freeze its parameters."
+            )
         if not self._records:
             raise CaptureError(
                 "gdiv.torch: nothing captured: run a forward pass in train mode with gradients enabled, "

@@ -6,6 +6,8 @@ rules"."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from typing import Callable, Dict, FrozenSet, Optional, Type, TypeVar
 
 import torch
@@ -87,9 +89,28 @@ def register_norm_rule(*module_types: Type[nn.Module]) -> Callable[[_R], _R]:
 _RULE_PARAMS: Dict[NormRule, FrozenSet[str]] = {}
 
 
+# Rules for the layers of optional libraries: {a module of the library: the
+# gdiv module registering its rules}. The rules are registered at the first
+# lookup after the library was imported by someone else: gdiv never imports
+# it (no dependency, no import cost), and a model built from its classes can
+# only exist once it is imported.
+LAZY_RULES: Dict[str, str] = {"transformers.pytorch_utils": "gdiv.torch.rules.hf"}
+_lazy_loaded: set = set()
+
+
+def _load_lazy_rules() -> None:
+    if len(_lazy_loaded) == len(LAZY_RULES):
+        return
+    for lib, rules in LAZY_RULES.items():
+        if lib not in _lazy_loaded and lib in sys.modules:
+            _lazy_loaded.add(lib)
+            importlib.import_module(rules)
+
+
 def find_norm_rule(module: nn.Module) -> Optional[NormRule]:
     """The rule for ``module``: its type's, else the nearest registered base
     class whose ``forward`` the module's class does not override; else None."""
+    _load_lazy_rules()
     cls = type(module)
     cls = cls.__dict__.get("_gdiv_unfused", cls)  # a class swapped in by fused_conv: its base's rule
     rule = _RULES.get(cls)
@@ -105,7 +126,9 @@ def find_norm_rule(module: nn.Module) -> Optional[NormRule]:
 
 
 def registered_norm_rules() -> Dict[Type[nn.Module], NormRule]:
-    """A copy of the rule table."""
+    """A copy of the rule table (with the rules of optional libraries already
+    imported, see ``LAZY_RULES``)."""
+    _load_lazy_rules()
     return dict(_RULES)
 
 
