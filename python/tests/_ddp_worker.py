@@ -25,16 +25,52 @@ from torch import nn
 N = 96  # examples in the data set
 
 
-def dataset(seed: int = 11):
+def dataset(seed: int = 11, kind: str = "mlp"):
     g = torch.Generator().manual_seed(seed)
+    if kind == "gpt2":  # token sequences; the target is the sequence itself (LM)
+        x = torch.randint(0, 20, (N, 8), generator=g)
+        return x, x
     x = torch.randn(N, 6, generator=g, dtype=torch.float64)
     w = torch.randn(6, 3, generator=g, dtype=torch.float64)
     y = (x @ w + 0.5 * torch.randn(N, 3, generator=g, dtype=torch.float64)).argmax(1)
+    if kind == "cnn":
+        x = torch.randn(N, 1, 6, 6, generator=g, dtype=torch.float64) + x[:, :1, None, None]
     return x, y
+
+
+class _LM(nn.Module):
+    """A GPT-2 (Hugging Face transformers, small config, random weights)
+    returning its logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers as tf
+
+        cfg = tf.GPT2Config(
+            n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=8, attn_implementation="eager",
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        # no dropout: its masks come from each process's own RNG stream
+        self.m = tf.GPT2LMHeadModel(cfg)
+
+    def forward(self, ids):
+        return self.m(input_ids=ids).logits
+
+
+def loss_of(cfg: Dict[str, Any], out, y, reduction: str):
+    if cfg.get("model") == "gpt2":
+        v = out.shape[-1]
+        per = F.cross_entropy(out[:, :-1].reshape(-1, v), y[:, 1:].reshape(-1), reduction="none").reshape(y.shape[0], -1).mean(1)
+        return per.mean() if reduction == "mean" else per.sum()
+    return F.cross_entropy(out, y, reduction=reduction)
 
 
 def mlp(cfg: Dict[str, Any]) -> nn.Module:
     torch.manual_seed(0)
+    if cfg.get("model") == "cnn":
+        return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).double()
+    if cfg.get("model") == "gpt2":
+        return _LM().double()
     layers = [nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)]
     if cfg.get("bn"):  # train-mode BatchNorm: two_scale only
         layers.insert(1, nn.BatchNorm1d(8))
@@ -47,7 +83,7 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
     from gdiv.torch import AdaptiveBatchSampler, DistributedAdaptiveBatchSampler, DiversityMonitor
 
     torch.set_num_threads(1)
-    x, y = dataset()
+    x, y = dataset(kind=cfg.get("model", "mlp"))
     model = mlp(cfg)
     net = nn.parallel.DistributedDataParallel(model) if world else model
     opt = torch.optim.SGD(model.parameters(), lr=cfg.get("lr", 0.2))
@@ -95,7 +131,7 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
             micro = cfg.get("micro", 1)  # gradient accumulation: equal micro-batches, each mean loss / micro
             m = len(idx) // micro
             for j in range(micro):
-                loss = F.cross_entropy(net(xb[j * m : (j + 1) * m]), yb[j * m : (j + 1) * m], reduction=red)
+                loss = loss_of(cfg, net(xb[j * m : (j + 1) * m]), yb[j * m : (j + 1) * m], red)
                 (loss / micro if red == "mean" else loss).backward()
             rec = mon.step(loss=loss)
             records.append(rec)

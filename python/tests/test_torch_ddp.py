@@ -112,6 +112,18 @@ def test_ddp_equals_one_process_with_the_global_batch(world, adaptive, tmp_path)
         assert res[0]["policy"]["multiple_of"] == world
 
 
+@pytest.mark.parametrize("model", ["cnn", "gpt2"])
+def test_ddp_on_a_cnn_and_a_third_party_transformer(model, tmp_path):
+    """A fused-convolution CNN and a Hugging Face GPT-2 (position embeddings
+    broadcast over the batch, Conv1D layers) under DDP equal one process."""
+    if model == "gpt2":
+        pytest.importorskip("transformers")
+    cfg = {"batch": 8, "adaptive": True, "steps": 6, "multiple_of": 2, "model": model, "lr": 0.1}
+    res = ok(*spawn(2, cfg, tmp_path))
+    assert identical(res[0]["records"], res[1]["records"])
+    assert_same_run(res[0], _ddp_worker.train(cfg, 0, 0), rel=1e-9)
+
+
 def test_ddp_rounds_the_policy_to_the_world_size(tmp_path):
     """A policy with multiple_of=1 under 2 ranks decides multiples of 2."""
     cfg = {"batch": 8, "adaptive": True, "steps": 8, "multiple_of": 1}
