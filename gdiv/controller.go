@@ -376,6 +376,11 @@ func (c *Controller) SetState(s ControllerState) error {
 // LRFactor returns ScaleLR(LR, 1, B₀, batch) for a MeanStep loop (1 for
 // SumStep), B₀ the first observed batch (batch itself before the first
 // observation). It panics if batch < 1.
+//
+// With LRAdaScale it is AdaScaleGain(B₀, batch, smoothed estimate): the
+// estimate before this step's observation (1 before the first estimate),
+// so that the rate of a step is known before its gradient, as for the
+// other rules.
 func (c *Controller) LRFactor(batch int) float64 {
 	if c.set.Step != MeanStep {
 		return 1
@@ -383,6 +388,12 @@ func (c *Controller) LRFactor(batch int) float64 {
 	b0 := c.state.FirstBatch
 	if b0 == 0 {
 		b0 = batch
+	}
+	if c.set.LR == LRAdaScale {
+		if c.est.Steps() == 0 {
+			return 1
+		}
+		return AdaScaleGain(b0, batch, c.est.Smoothed())
 	}
 	return ScaleLR(c.set.LR, 1, b0, batch)
 }

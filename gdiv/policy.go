@@ -264,9 +264,17 @@ const (
 	// LRSqrt scales it by sqrt(B_new/B_old), keeping the noise variance of
 	// the step fixed (a common heuristic for adaptive optimizers).
 	LRSqrt
+	// LRAdaScale scales it by AdaScale's gain ratio (Johnson et al., 2020)
+	// from the current estimate (AdaScaleGain): between 1 (no noise: a
+	// larger batch gives the same gradient, so the same step) and the
+	// linear rule's S = B/B₀ (pure noise). It never exceeds the linear
+	// rule, and stays near 1 where the gradient's signal dominates, which
+	// is where the linear rule overshoots the stable step. It depends on
+	// the estimate, so only a Controller applies it (ScaleLR cannot).
+	LRAdaScale
 )
 
-var lrRuleNames = [...]string{LRNone: "none", LRLinear: "linear", LRSqrt: "sqrt"}
+var lrRuleNames = [...]string{LRNone: "none", LRLinear: "linear", LRSqrt: "sqrt", LRAdaScale: "adascale"}
 
 func (r LRRule) valid() bool { return r >= 0 && int(r) < len(lrRuleNames) }
 
@@ -288,13 +296,13 @@ func ParseLRRule(s string) (LRRule, error) {
 			return LRRule(r), nil
 		}
 	}
-	return LRNone, paramErr("learning-rate rule %q, want none, linear or sqrt", s)
+	return LRNone, paramErr("learning-rate rule %q, want none, linear, sqrt or adascale", s)
 }
 
 // MarshalText implements encoding.TextMarshaler (JSON, flags).
 func (r LRRule) MarshalText() ([]byte, error) {
 	if !r.valid() {
-		return nil, paramErr("learning-rate rule %d, want none, linear or sqrt", int(r))
+		return nil, paramErr("learning-rate rule %d, want none, linear, sqrt or adascale", int(r))
 	}
 	return []byte(r.String()), nil
 }
@@ -330,6 +338,35 @@ func ScaleLR(rule LRRule, lr float64, oldBatch, newBatch int) float64 {
 		return lr * float64(newBatch) / float64(oldBatch)
 	case LRSqrt:
 		return lr * math.Sqrt(float64(newBatch)/float64(oldBatch))
+	case LRAdaScale:
+		panic("gdiv: ScaleLR: the adascale rule depends on the estimate (AdaScaleGain, Controller.LRFactor)")
 	}
 	panic(fmt.Sprintf("gdiv: ScaleLR: invalid rule %v", rule))
+}
+
+// AdaScaleGain returns AdaScale's gain ratio for a batch S = batch/b0 times
+// the initial one, from an estimate with M² = σ² + G (σ² the per-example
+// gradient variance, G = ‖∇F‖²):
+//
+//	r = (σ² + G)/(σ²/S + G),
+//
+// the factor by which one step at the larger batch makes the progress of r
+// steps at b0 (Johnson, Agrawal, Gu & Guestrin, "AdaScale SGD", ICML 2020).
+// r lies between 1 and S; with no signal (Ĝ ≤ 0) it is S (pure noise: the
+// linear rule); with σ̂² < 0 (a noisy estimate) 1. It panics if a batch
+// is < 1.
+func AdaScaleGain(b0, batch int, est Estimate) float64 {
+	if b0 < 1 || batch < 1 {
+		panic(fmt.Sprintf("gdiv: AdaScaleGain: batches %d → %d, want ≥ 1", b0, batch))
+	}
+	s := float64(batch) / float64(b0)
+	if est.NoSignal || !(est.G > 0) {
+		return s
+	}
+	sigma2 := est.M2 - est.G
+	if !(sigma2 > 0) {
+		return 1
+	}
+	r := (sigma2 + est.G) / (sigma2/s + est.G)
+	return min(max(r, min(1, s)), max(1, s))
 }

@@ -272,3 +272,66 @@ func TestLRRuleText(t *testing.T) {
 		t.Error("marshalling an invalid rule succeeded")
 	}
 }
+
+// TestAdaScaleGain checks the gain against hand-computed cases and its
+// limits: σ² = 3, G = 1 at S = 4: r = (3 + 1)/(3/4 + 1) = 16/7.
+func TestAdaScaleGain(t *testing.T) {
+	est := Estimate{M2: 4, G: 1}
+	if got := AdaScaleGain(8, 32, est); math.Abs(got-16.0/7) > 1e-15 {
+		t.Errorf("gain %v, want 16/7", got)
+	}
+	if got := AdaScaleGain(8, 8, est); got != 1 {
+		t.Errorf("S = 1: gain %v, want 1", got)
+	}
+	if got := AdaScaleGain(8, 32, Estimate{M2: 4, NoSignal: true}); got != 4 {
+		t.Errorf("no signal: gain %v, want S = 4", got)
+	}
+	if got := AdaScaleGain(8, 32, Estimate{M2: 1, G: 1}); got != 1 {
+		t.Errorf("no noise: gain %v, want 1", got)
+	}
+	if got := AdaScaleGain(8, 32, Estimate{M2: 0.5, G: 1}); got != 1 {
+		t.Errorf("σ̂² < 0: gain %v, want 1", got)
+	}
+	// shrinking batch: S = 1/2, r = 4/(6 + 1) = 4/7, in [S, 1]
+	if got := AdaScaleGain(16, 8, est); math.Abs(got-4.0/7) > 1e-15 {
+		t.Errorf("S = 1/2: gain %v, want 4/7", got)
+	}
+	for _, s := range []int{1, 2, 3, 8, 100} {
+		for _, e := range []Estimate{{M2: 5, G: 0.1}, {M2: 5, G: 4.9}, {M2: 1e6, G: 1e-6}} {
+			r := AdaScaleGain(4, 4*s, e)
+			if r < 1 || r > float64(s) {
+				t.Errorf("S = %d, %+v: gain %v outside [1, S]", s, e, r)
+			}
+		}
+	}
+}
+
+// TestControllerAdaScale: the controller's LR factor is the gain of the
+// smoothed estimate before the step (1 before any estimate).
+func TestControllerAdaScale(t *testing.T) {
+	c, err := NewController(ControllerSettings{Policy: &BatchSizePolicy{MinBatch: 8, MaxBatch: 64}, Step: MeanStep, LR: LRAdaScale})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.LRFactor(32); f != 1 {
+		t.Errorf("before any estimate: factor %v, want 1", f)
+	}
+	d, err := c.Observe(Observation{Batch: 8, SumSqNorms: 40, SqNormBatchGrad: 100, Mean: false})
+	if err != nil || d.LRFactor != 1 {
+		t.Fatalf("first step: %v, factor %v", err, d.LRFactor)
+	}
+	want := AdaScaleGain(8, 16, c.Smoothed())
+	d2, err := c.Observe(Observation{Batch: 16, SumSqNorms: 80, SqNormBatchGrad: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2.LRFactor != want || want <= 1 || want >= 2 {
+		t.Errorf("factor %v, want the gain %v of the estimate before the step, in (1, 2)", d2.LRFactor, want)
+	}
+	if err := (BatchSizePolicy{LR: LRAdaScale}).Validate(); err != nil {
+		t.Errorf("adascale policy invalid: %v", err)
+	}
+	if r, err := ParseLRRule("AdaScale"); err != nil || r != LRAdaScale {
+		t.Errorf("ParseLRRule: %v %v", r, err)
+	}
+}

@@ -103,6 +103,8 @@ func PolicyScaleLR(rule int, lr float64, oldBatch, newBatch int) (_ float64, err
 		return 0, paramErrorf("lr = %v, want a finite learning rate > 0", lr)
 	case oldBatch < 1 || newBatch < 1:
 		return 0, paramErrorf("batches %d → %d, want ≥ 1", oldBatch, newBatch)
+	case r == gdiv.LRAdaScale:
+		return 0, paramErrorf("the adascale rule depends on the estimate: its factor comes from a Controller (Decision.lr_factor), not from the batches alone")
 	}
 	return gdiv.ScaleLR(r, lr, oldBatch, newBatch), nil
 }

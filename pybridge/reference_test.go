@@ -18,7 +18,7 @@ import (
 // The codes that cross as integers are the values of the core's enums; the
 // Python package's name tables rely on it.
 func TestCodesAreCoreEnums(t *testing.T) {
-	for name, want := range map[string]int{"none": 0, "linear": 1, "sqrt": 2} {
+	for name, want := range map[string]int{"none": 0, "linear": 1, "sqrt": 2, "adascale": 3} {
 		if r, err := gdiv.ParseLRRule(name); err != nil || int(r) != want {
 			t.Errorf("LR rule %q = %d, %v; want code %d", name, r, err, want)
 		}
@@ -87,7 +87,7 @@ func TestPolicyErrors(t *testing.T) {
 			_, err := PolicyValidate(bad(gdiv.BatchSizePolicy{MinBatch: 9, MaxBatch: 3}))
 			return err
 		}, "min batch = 9 > max batch = 3"},
-		{"lr rule", func() error { _, err := PolicyValidate(bad(gdiv.BatchSizePolicy{LR: 5})); return err }, "LRRule(5)"},
+		{"lr rule", func() error { _, err := PolicyValidate(bad(gdiv.BatchSizePolicy{LR: 9})); return err }, "LRRule(9)"},
 		{"non-integer", func() error {
 			a, buf := foreign64(t, make([]float64, policyLen))
 			buf[1] = 2.5
@@ -100,7 +100,7 @@ func TestPolicyErrors(t *testing.T) {
 			_, err := PolicyNext(bad(gdiv.BatchSizePolicy{}), 4, 1, 1, math.NaN(), false, 0)
 			return err
 		}, "NaN"},
-		{"scale rule", func() error { _, err := PolicyScaleLR(3, 0.1, 2, 4); return err }, "LRRule(3)"},
+		{"scale rule", func() error { _, err := PolicyScaleLR(9, 0.1, 2, 4); return err }, "LRRule(9)"},
 		{"scale batch", func() error { _, err := PolicyScaleLR(1, 0.1, 0, 4); return err }, "batches 0 → 4"},
 		{"scale lr", func() error { _, err := PolicyScaleLR(1, math.NaN(), 2, 4); return err }, "lr = NaN"},
 	}

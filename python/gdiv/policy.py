@@ -24,8 +24,11 @@ Learning rate: a training loop with a MEAN-reduced loss (PyTorch's default)
 rescales its learning rate when the batch changes, with ``lr_rule``:
 ``"linear"`` (η·B_new/B_old: keeps the paper's per-example sum-step γ = η/B,
 the setting of Lemma 1 and Theorem 3; the default here), ``"sqrt"``
-(η·sqrt(B_new/B_old)) or ``"none"``. With a SUM-reduced loss the step is
-already the paper's: use ``"none"``. See :meth:`BatchSizePolicy.scale_lr`.
+(η·sqrt(B_new/B_old)), ``"adascale"`` (η·r, AdaScale's gain ratio
+r = (σ² + G)/(σ²/S + G), S = B/B₀, from the current estimate: between 1 and
+the linear rule's S; only a :class:`gdiv.Controller` applies it) or
+``"none"``. With a SUM-reduced loss the step is already the paper's: use
+``"none"``. See :meth:`BatchSizePolicy.scale_lr`.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from .errors import ParamError, translate
 __all__ = ["BatchSizePolicy", "LR_RULES"]
 
 # Names of Go's LRRule values, in code order (gdiv.LRNone = 0, LRLinear = 1,
-# LRSqrt = 2; pybridge's TestCodesAreCoreEnums checks the codes).
-LR_RULES: Tuple[str, ...] = ("none", "linear", "sqrt")
+# LRSqrt = 2, LRAdaScale = 3; pybridge's TestCodesAreCoreEnums checks the codes).
+LR_RULES: Tuple[str, ...] = ("none", "linear", "sqrt", "adascale")
 
 _FIELDS = ("delta", "min_batch", "max_batch", "multiple_of", "hysteresis", "max_growth", "warmup", "lr_rule")
 _Buf = ctypes.c_double * 8
@@ -150,9 +153,10 @@ class BatchSizePolicy:
             ``math.inf`` means no limit.
         warmup: the number of initial decisions (step < warmup) that keep
             the batch.
-        lr_rule: "linear" (default), "sqrt" or "none": how a loop with a
-            mean-reduced loss rescales its learning rate when the batch
-            changes (:meth:`scale_lr`; the policy itself does not use it).
+        lr_rule: "linear" (default), "sqrt", "adascale" or "none": how a
+            loop with a mean-reduced loss rescales its learning rate when
+            the batch changes (:meth:`scale_lr`; the policy itself does not
+            use it; "adascale" follows the estimate, through a Controller).
 
     Raises:
         gdiv.ParamError: a setting out of range; the message starts with

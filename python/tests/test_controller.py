@@ -140,3 +140,20 @@ def test_bad_observation_changes_nothing():
         with pytest.raises(gdiv.ParamError):
             ctl.observe(*args)
     assert ctl.state_dict() == before
+
+
+def test_adascale_factor_is_the_gain_of_the_estimate_before_the_step():
+    """σ̂² = M̂² − Ĝ and Ĝ after step 1 give r = (σ² + G)/(σ²/S + G) at step 2."""
+    pol = gdiv.BatchSizePolicy(min_batch=8, max_batch=64, lr_rule="adascale")
+    ctl = gdiv.Controller(policy=pol, estimator_beta=0.0, loss_reduction="mean", lr_rule="adascale", batch_size=8, seed=0)
+    d1 = ctl.observe(8, 40.0, 100.0)
+    assert d1.lr_factor == 1.0  # no estimate before the first step
+    est = ctl.smoothed
+    s = 16 / 8
+    sigma2 = est.m2 - est.g
+    want = (sigma2 + est.g) / (sigma2 / s + est.g)
+    d2 = ctl.observe(16, 80.0, 300.0)
+    assert d2.lr_factor == pytest.approx(want, rel=1e-14)
+    assert 1 < d2.lr_factor < s
+    with pytest.raises(gdiv.ParamError, match="adascale"):
+        pol.scale_lr(0.1, 8, 16)

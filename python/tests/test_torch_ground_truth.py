@@ -204,3 +204,44 @@ def test_reference_policy_adjustments_match(digits):
     mon = DiversityMonitor(nn.Linear(64, 10).double(), policy=pol, dataset_size=n, sampling="replacement")
     assert mon.policy == res.policy
     assert mon.batch_size == len(res.batches[0]) == 3
+
+
+@pytest.mark.parametrize("problem", ["softmax", "mlp"])
+def test_adascale_rule_matches_the_reference_trainer(digits, problem):
+    """lr_rule="adascale": the LR factor follows the estimate (AdaScale's
+    gain, between 1 and the linear rule's B/B₀); the monitor and Go's trainer
+    set the same rate at every step and end at the same weights."""
+    X, y = digits
+    n, d = X.shape
+    policy = gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0, lr_rule="adascale")
+    res = ref.train(
+        X, y, problem=problem, l2=0.0, hidden=HIDDEN, lr=0.3, step="mean", batch=8, policy=policy, steps=STEPS,
+        seed=SEED, estimator_beta=0.9, record_indices=True, classes=10,
+    )  # fmt: skip
+    hist = res.history
+    w0 = ref.initial_weights(problem, d, 10, hidden=HIDDEN, seed=SEED)
+    layout = ref.param_layout(problem, d, 10, hidden=HIDDEN)
+    model = torch_model(problem, d, 10)
+    model.load_state_dict({name: torch.as_tensor(v) for name, v in layout.to_torch_state(w0).items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    monitor = DiversityMonitor(
+        model, policy=res.policy, optimizer=opt, batch_size=8, estimator_beta=0.9, dataset_size=n, sampling="replacement", seed=SEED
+    )
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    recs = []
+    for idx in res.batches:
+        assert monitor.batch_size == len(idx)
+        ii = torch.as_tensor(idx)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(Xt[ii]), yt[ii]).backward()
+        recs.append(monitor.step())
+        opt.step()
+    close([r["lr"] for r in recs], hist["lr"], "lr")
+    close([r["batch_bound"] for r in recs], hist["batch_bound"], "batch_bound")
+    w = layout.from_torch_state(model.state_dict())
+    assert np.linalg.norm(w - res.weights) <= RTOL * np.linalg.norm(res.weights)
+    # the gain lies between 1 and the linear rule's, and is not either one throughout
+    factors = np.array([r["lr"] for r in recs]) / 0.3
+    linear = np.array([r["batch"] for r in recs]) / recs[0]["batch"]
+    assert np.all(factors >= 1 - 1e-12) and np.all(factors <= linear + 1e-12)
+    assert np.any((factors > 1 + 1e-6) & (factors < linear - 1e-6))

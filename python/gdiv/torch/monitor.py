@@ -236,6 +236,7 @@ class DiversityMonitor:
         self.history: List[Dict[str, Any]] = []
         self._base_lrs: Optional[List[float]] = None
         self._lr_batch: Optional[int] = None
+        self._lr_factor = 1.0
         self._force_lr = False
         self._pending: Optional[Tuple[Tensor, int, Optional[float]]] = None
         self._noise = NoiseDraws()
@@ -571,9 +572,13 @@ class DiversityMonitor:
         opt = self.optimizer
         if opt is not None and self._base_lrs is None:
             self._base_lrs = [float(g["lr"]) for g in opt.param_groups]
-        changed = (batch != self._lr_batch and self._lr_batch is not None) or self._force_lr
+        # The factor changes with the batch (and, under "adascale", with the
+        # estimate); the lr is set only when it changes, so a loop that sets
+        # its own lr at a constant factor is left alone.
+        changed = (factor != self._lr_factor and self._lr_batch is not None) or self._force_lr
         self._force_lr = False  # after load_state_dict: set the lr once, whatever the optimizer holds
         self._lr_batch = batch
+        self._lr_factor = factor
         if opt is None:
             return None
         if changed and self.lr_rule != "none":
