@@ -100,6 +100,7 @@ func TestPolicyErrors(t *testing.T) {
 			_, err := PolicyNext(bad(gdiv.BatchSizePolicy{}), 4, 1, 1, math.NaN(), false, 0)
 			return err
 		}, "NaN"},
+		{"negative", func() error { _, err := PolicyNext(bad(gdiv.BatchSizePolicy{}), 8, 1, 1, -5, false, 0); return err }, "batch_bound = -5"},
 		{"scale rule", func() error { _, err := PolicyScaleLR(3, 0.1, 2, 4); return err }, "LRRule(3)"},
 		{"scale batch", func() error { _, err := PolicyScaleLR(1, 0.1, 0, 4); return err }, "batches 0 → 4"},
 		{"scale lr", func() error { _, err := PolicyScaleLR(1, math.NaN(), 2, 4); return err }, "lr = NaN"},
