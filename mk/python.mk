@@ -43,7 +43,7 @@ py-install: check-go venv py-tools ## build the Go extension and `pip install .`
 	$(VPY) -m pip install .
 
 py-test: py-install ## the Python test suite (zero copy, oracle, errors, threads, fork, leaks)
-	cd python/tests && ../../$(VPY) -m pytest $(PYTEST_ARGS) .
+	cd python/tests && $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) .
 
 # The developer loop: the extension is built into python/gdiv once and again
 # only when a Go source changes; Python edits are live (PYTHONPATH=python).
@@ -54,7 +54,7 @@ $(DEV_STAMP): $(GO_SRC) setup.py | venv py-tools
 dev: check-go $(DEV_STAMP) ## fast loop: build the extension in place (rebuilt only when Go changes); Python edits need no install
 
 dev-test: dev ## the Python suite on python/ as it is, no install (T=test_controller.py, PYTEST_ARGS="-q -x -k monitor")
-	cd python/tests && PYTHONPATH=$(CURDIR)/python ../../$(VPY) -m pytest $(PYTEST_ARGS) $(T)
+	cd python/tests && PYTHONPATH=$(CURDIR)/python $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) $(T)
 
 lint: venv ## ruff check + format check, mypy on the package, gofmt, go vet
 	$(VPY) -m ruff check .
