@@ -66,7 +66,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-import operator
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -74,8 +73,9 @@ import numpy as np
 from ._arrays import KIND_ARROW, operand
 from ._bridge import lib
 from ._results import Estimate
+from ._validate import check_float, check_int, check_seed
 from .controller import Controller
-from .errors import ParamError, ShapeError, translate
+from .errors import ParamError, ParamTypeError, ShapeError, translate
 from .mechanisms import Mechanism
 from .policy import BatchSizePolicy
 
@@ -137,28 +137,17 @@ def _choice(name: str, value: Any, names: Sequence[str]) -> int:
 
 
 def _int(name: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} = {v!r}: want an integer, not a bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} = {v!r}: want an integer") from None
+    return check_int(name, v, f64=True)  # settings cross in float64 buffers
 
 
-def _float(name: str, v: Any) -> float:
-    if isinstance(v, (bool, str)) or v is None:
-        raise TypeError(f"{name} = {v!r}: want a real number")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} = {v!r}: want a real number") from None
+_float = check_float
 
 
 def _seed(seed: Any) -> int:
-    s = _int("seed", seed)
-    if not 0 <= s < 2**64:
-        raise ValueError(f"seed = {s} is outside [0, 2**64)")
-    return s
+    # The reference trainer is deterministic: None (a random seed) is refused.
+    if seed is None:
+        raise ParamTypeError("seed = None: want an integer in [0, 2**64) (the reference trainer is always seeded)")
+    return check_seed(seed)
 
 
 # ------------------------------------------------------------------ problems --
