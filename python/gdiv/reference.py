@@ -70,7 +70,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._arrays import KIND_ARROW, operand
+from ._arrays import KIND_ARROW, operand, refuse_masked
 from ._bridge import lib
 from ._results import Estimate
 from ._validate import check_float, check_int, check_seed
@@ -206,6 +206,7 @@ def _classes_for(problem: Any, classes: Any, y: Optional[np.ndarray]) -> int:
 
 
 def _labels(y: Any, n: int) -> np.ndarray:
+    refuse_masked(y, "y")
     if isinstance(y, np.ndarray) and y.dtype == np.float64 and y.ndim == 1 and y.flags.c_contiguous and y.flags.aligned:
         a = y  # zero copy
     else:
@@ -247,6 +248,7 @@ class _Data:
 
 
 def _weights(w: Any, what: str, n_params: int) -> np.ndarray:
+    refuse_masked(w, what)
     try:
         a = np.asarray(w)
     except Exception as e:
@@ -260,6 +262,7 @@ def _weights(w: Any, what: str, n_params: int) -> np.ndarray:
 
 
 def _indices(indices: Any, n: int) -> np.ndarray:
+    refuse_masked(indices, "indices")
     try:
         a = np.asarray(indices)
     except Exception as e:
