@@ -10,6 +10,7 @@ import (
 
 	"gonum.org/v1/plot/vg"
 
+	"github.com/gdiv/gdiv/cmd/gdiv/internal/cli"
 	"github.com/gdiv/gdiv/gdiv/train"
 	"github.com/gdiv/gdiv/internal/plotx"
 )
@@ -69,6 +70,8 @@ Output:
   --plot FILE          PNG of the history
   --quiet              no progress lines on stderr
   --format json|table  summary format (default table)
+  --max-bytes SIZE     refuse a data file, or a model (about 64 bytes per
+                       parameter), larger than SIZE (default 4GiB; K, M, G suffixes)
 
 Summary keys: data, problem, n, params, steps, examples, initial_loss, final_loss,
 train_accuracy (classification; -1 otherwise), first_batch, final_batch,
@@ -146,6 +149,9 @@ func runTrain(e *env, args []string) error {
 	ds, err := pf.Dataset()
 	if err != nil {
 		return err
+	}
+	if params, need := pf.ProblemBytes(ds.D, ds.Classes); need > float64(*pf.MaxBytes) {
+		return cli.CheckAlloc(*pf.MaxBytes, need, fmt.Sprintf("--problem %s with %.4g parameters", pf.Problem, params))
 	}
 	prob, err := pf.Build(ds)
 	if err != nil {
