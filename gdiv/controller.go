@@ -152,8 +152,12 @@ type ControllerState struct {
 //
 // Two-scale mode (BSmall > 0, no per-example gradients; DESIGN, "two-scale
 // estimator"): SqNormSmall is the mean over the local batches of ‖ḡ_r‖²
-// (local mean gradients of BSmall examples) and SqNormBatchGrad ‖Ḡ‖² of the
-// global mean gradient over Batch examples, both unscaled means.
+// (local gradients of BSmall examples) and SqNormBatchGrad ‖Ḡ‖² of the
+// global gradient over Batch examples. With Mean set they are the squared
+// norms of mean gradients; without it, of sums (divided by BSmall² and
+// Batch² here). NormsScale and GradScale are the factors by which the
+// measured local and global gradients are too large (a loss scale; under
+// data-parallel averaging or accumulation, the trainer's).
 //
 // With Langevin noise (ControllerSettings.LangevinStd > 0) the trainer
 // draws a unit Gaussian ξ (one value per coordinate, from StepSeed) before
@@ -553,19 +557,30 @@ func (c *Controller) checkObservation(o Observation) error {
 // estimate.
 func (c *Controller) batchEstimate(o Observation, noiseStd float64) (Estimate, float64, float64, error) {
 	b := o.Batch
-	if o.BSmall > 0 {
-		if !isFinite(o.SqNormSmall) || !isFinite(o.SqNormBatchGrad) {
-			return Estimate{}, 0, 0, fmt.Errorf("%w: two-scale squared norms %v (local), %v (global)", ErrNonFinite, o.SqNormSmall, o.SqNormBatchGrad)
-		}
-		e, err := EstimateTwoScale(o.BSmall, o.SqNormSmall, b, o.SqNormBatchGrad)
-		return e, math.NaN(), math.NaN(), err
-	}
 	ns, gs := o.NormsScale, o.GradScale
 	if ns == 0 {
 		ns = 1
 	}
 	if gs == 0 {
 		gs = 1
+	}
+	if o.BSmall > 0 {
+		small, big := o.SqNormSmall/(ns*ns), o.SqNormBatchGrad/(gs*gs)
+		if !o.Mean {
+			bs, bb := float64(o.BSmall), float64(b)
+			small, big = small/(bs*bs), big/(bb*bb)
+		}
+		if !isFinite(small) || !isFinite(big) {
+			return Estimate{}, 0, 0, fmt.Errorf("%w: two-scale squared norms %v (local), %v (global)", ErrNonFinite, o.SqNormSmall, o.SqNormBatchGrad)
+		}
+		var e Estimate
+		var err error
+		if c.set.Sampling == Shuffle {
+			e, err = EstimateTwoScaleFinite(o.BSmall, small, b, big, c.set.DatasetSize)
+		} else {
+			e, err = EstimateTwoScale(o.BSmall, small, b, big)
+		}
+		return e, math.NaN(), math.NaN(), err
 	}
 	sqGrad := o.SqNormBatchGrad
 	if noiseStd != 0 {

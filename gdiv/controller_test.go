@@ -178,13 +178,23 @@ func TestControllerLangevin(t *testing.T) {
 
 func TestControllerTwoScale(t *testing.T) {
 	c, _ := NewController(ControllerSettings{})
-	d, err := c.Observe(Observation{Batch: 32, BSmall: 8, SqNormSmall: 3, SqNormBatchGrad: 1.5})
+	d, err := c.Observe(Observation{Batch: 32, BSmall: 8, SqNormSmall: 3, SqNormBatchGrad: 1.5, Mean: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want, _ := EstimateTwoScale(8, 3, 32, 1.5)
 	if d.BatchEstimate != want || d.Smoothed.BatchBound != want.BatchBound {
 		t.Errorf("two-scale %+v, want %+v", d.BatchEstimate, want)
+	}
+	// The same pair measured as sums (B² larger) and scaled: local gradients
+	// 0.5× (accumulated as ℓ/2), the global one 4× (a loss scale).
+	c2, _ := NewController(ControllerSettings{})
+	d2, err := c2.Observe(Observation{Batch: 32, BSmall: 8, SqNormSmall: 3 * 64 * 0.25, SqNormBatchGrad: 1.5 * 1024 * 16, NormsScale: 0.5, GradScale: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !near(d2.BatchEstimate.M2, want.M2, 1e-14) || !near(d2.BatchEstimate.G, want.G, 1e-14) {
+		t.Errorf("two-scale from scaled sums %+v, want %+v", d2.BatchEstimate, want)
 	}
 	if _, err := c.Observe(Observation{Batch: 8, BSmall: 8}); !errors.Is(err, ErrParam) {
 		t.Errorf("b_small = b_big: %v", err)

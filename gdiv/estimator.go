@@ -141,6 +141,36 @@ func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float
 	return newEstimate(bBig, trSigma+g, g), nil
 }
 
+// EstimateTwoScaleFinite is EstimateTwoScale for batches of distinct
+// examples drawn WITHOUT replacement from n (shuffled epochs split over the
+// ranks): with σ² = M² − G the finite-population variance and
+// c_b = (n − b)/(b(n − 1)) (EstimateBatchFinite), E‖ḡ_b‖² = G + c_b·σ² at
+// both scales, so
+//
+//	σ̂² = (‖ḡ_small‖² − ‖ḡ_big‖²)/(c_small − c_big),
+//	Ĝ  = ‖ḡ_big‖² − c_big·σ̂²,  M̂² = σ̂² + Ĝ,
+//
+// unbiased, exact at b_big = n, and EstimateTwoScale as n → ∞. The i.i.d.
+// pair instead underestimates G by σ²/(n − 1) under this sampling, which
+// doubles B̂_S once B_S nears n/2.
+//
+// It returns ErrParam unless 1 ≤ bSmall < bBig ≤ n, and ErrNonFinite for
+// non-finite inputs.
+func EstimateTwoScaleFinite(bSmall int, sqNormSmall float64, bBig int, sqNormBig float64, n int) (Estimate, error) {
+	if bSmall < 1 || bBig <= bSmall || n < bBig {
+		return Estimate{}, paramErr("two-scale batches b_small = %d, b_big = %d of n = %d distinct examples: want 1 ≤ b_small < b_big ≤ n", bSmall, bBig, n)
+	}
+	if err := checkBatchSums(2, sqNormSmall, sqNormBig); err != nil {
+		return Estimate{}, err
+	}
+	nf := float64(n)
+	c := func(b int) float64 { bf := float64(b); return (nf - bf) / (bf * (nf - 1)) }
+	cs, cb := c(bSmall), c(bBig)
+	sigma2 := (sqNormSmall - sqNormBig) / (cs - cb)
+	g := sqNormBig - cb*sigma2
+	return newEstimate(bBig, sigma2+g, g), nil
+}
+
 // EstimateFromGrads returns EstimateBatch for a batch given as b per-example
 // gradients in a row-major b×d buffer. Errors are those of ComputeStats and
 // EstimateBatch; it panics if len(grads) != b·d.

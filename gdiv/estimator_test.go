@@ -414,3 +414,72 @@ func TestBatchSumsFromNorms(t *testing.T) {
 		}
 	}
 }
+
+// TestEstimateTwoScaleFiniteUnbiased enumerates every ordered draw of 4
+// distinct examples out of 5 (two local batches of 2): the mean of Ĝ and M̂²
+// is exactly G and M² of the population; the i.i.d. pair is biased by
+// σ²/(n − 1) under this sampling.
+func TestEstimateTwoScaleFiniteUnbiased(t *testing.T) {
+	pop := [][2]float64{{1, 0.5}, {-0.3, 2}, {0.7, -1.1}, {2.2, 0.4}, {-1.5, -0.2}}
+	n := len(pop)
+	var mean [2]float64
+	m2 := 0.0
+	for _, g := range pop {
+		mean[0] += g[0] / float64(n)
+		mean[1] += g[1] / float64(n)
+		m2 += (g[0]*g[0] + g[1]*g[1]) / float64(n)
+	}
+	wantG := mean[0]*mean[0] + mean[1]*mean[1]
+	sq := func(idx ...int) float64 {
+		var s [2]float64
+		for _, i := range idx {
+			s[0] += pop[i][0] / float64(len(idx))
+			s[1] += pop[i][1] / float64(len(idx))
+		}
+		return s[0]*s[0] + s[1]*s[1]
+	}
+	var sumG, sumM2, sumIID float64
+	draws := 0
+	for a := 0; a < n; a++ {
+		for b := 0; b < n; b++ {
+			for c := 0; c < n; c++ {
+				for d := 0; d < n; d++ {
+					if a == b || a == c || a == d || b == c || b == d || c == d {
+						continue
+					}
+					small := (sq(a, b) + sq(c, d)) / 2
+					big := sq(a, b, c, d)
+					e, err := EstimateTwoScaleFinite(2, small, 4, big, n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					iid, _ := EstimateTwoScale(2, small, 4, big)
+					sumG += e.G
+					sumM2 += e.M2
+					sumIID += iid.G
+					draws++
+				}
+			}
+		}
+	}
+	if draws != 120 {
+		t.Fatalf("%d draws, want 120", draws)
+	}
+	if got := sumG / float64(draws); !near(got, wantG, 1e-12) {
+		t.Errorf("E[Ĝ] = %v, want G = %v", got, wantG)
+	}
+	if got := sumM2 / float64(draws); !near(got, m2, 1e-12) {
+		t.Errorf("E[M̂²] = %v, want M² = %v", got, m2)
+	}
+	if got, want := sumIID/float64(draws), wantG-(m2-wantG)/float64(n-1); !near(got, want, 1e-12) {
+		t.Errorf("E[Ĝ_iid] = %v, want the biased G − σ²/(n−1) = %v", got, want)
+	}
+	// exact when the big batch is the whole population
+	e, _ := EstimateTwoScaleFinite(2, (sq(0, 1)+sq(2, 3))/2, 5, sq(0, 1, 2, 3, 4), 5)
+	if !near(e.G, wantG, 1e-12) {
+		t.Errorf("b_big = n: Ĝ = %v, want %v", e.G, wantG)
+	}
+	if _, err := EstimateTwoScaleFinite(2, 1, 6, 1, 5); !errors.Is(err, ErrParam) {
+		t.Errorf("b_big > n: %v", err)
+	}
+}

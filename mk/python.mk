@@ -21,7 +21,7 @@ T         ?= .
 GO_SRC    := $(shell find gdiv pybridge -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 DEV_STAMP := python/gdiv/.dev-build
 
-.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step py-clean dev dev-test lint lint-fix
+.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step bench-ddp py-clean dev dev-test lint lint-fix
 
 venv: $(VENV)/.gdiv-deps ## create .venv with the pinned Python build, test, bench and lint dependencies
 
@@ -80,3 +80,6 @@ py-bench-torch: py-install ## per-example norms on the CPU: gdiv.torch vs BackPA
 
 py-clean:
 	rm -rf _pygen build python/gdiv.egg-info python/gdiv/_gdivgo*.so $(DEV_STAMP)
+
+bench-ddp: py-install ## DDP step on 2 ranks (gloo): plain vs gdiv norms vs two_scale, collectives per step (table + PNG; BENCH_DDP_ARGS=--quick)
+	$(VPY) bench/bench_ddp.py $(BENCH_DDP_ARGS)

@@ -322,7 +322,12 @@ class Controller:
                 gradient g and a unit Gaussian ξ drawn with
                 :attr:`next_seed`; afterwards add ``noise_std·ξ`` to g.
             b_small, sq_norm_small: the two-scale pair instead of
-                per-example norms: local batch and mean of ‖ḡ_local‖².
+                per-example norms: the local batch and the mean over the
+                local batches of their gradient's squared norm (with
+                ``sq_norm_batch_grad`` the global one's). With ``mean`` they
+                are mean gradients, else sums (Go divides by b²); the scales
+                say by how much the measured local and global gradients are
+                too large.
             unmeasured: a step the trainer did not measure (the cadence):
                 only ``batch`` (and ``dim`` with Langevin noise) is read.
 

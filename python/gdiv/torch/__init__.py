@@ -17,6 +17,8 @@ Training loops (Go core through ``gdiv``):
   checkpoints.
 * :class:`AdaptiveBatchSampler` — a DataLoader ``batch_sampler`` whose
   batches follow the monitor's batch size (with or without replacement).
+* :class:`DistributedAdaptiveBatchSampler` — the same global batches on
+  every rank of a DDP job, each rank yielding its equal share.
 
 Modules: ``capture`` (norms mode), ``full`` (full mode), ``rules`` (the rule
 table, one module per layer family, ``rules.fused_conv``), ``fallback`` (the
@@ -30,11 +32,12 @@ from .errors import CaptureError, NormsError, UnsupportedModuleError
 from .full import per_example_grads, trainable_parameters
 from .monitor import RECORD_FIELDS, DiversityMonitor
 from .rules import RuleContext, find_norm_rule, register_norm_rule, registered_norm_rules
-from .sampler import AdaptiveBatchSampler
+from .sampler import AdaptiveBatchSampler, DistributedAdaptiveBatchSampler
 
 __all__ = [
     "DiversityMonitor",
     "AdaptiveBatchSampler",
+    "DistributedAdaptiveBatchSampler",
     "RECORD_FIELDS",
     "PerExampleNorms",
     "per_example_grads",

@@ -36,8 +36,13 @@ def check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn,
         )
     if loss_reduction not in ("mean", "sum"):
         raise ValueError(f"DiversityMonitor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-    if mode not in ("norms", "full"):
-        raise ValueError(f"DiversityMonitor: mode must be 'norms' or 'full', got {mode!r}")
+    if mode not in ("norms", "full", "two_scale"):
+        raise ValueError(f"DiversityMonitor: mode must be 'norms', 'full' or 'two_scale', got {mode!r}")
+    if mode == "two_scale" and mechanism is not None:
+        raise ValueError(
+            f"DiversityMonitor: mode='two_scale' takes no mechanism (got {type(mechanism).__name__}): it never forms "
+            "per-example gradients and has no Langevin correction; use mode='norms' (Langevin) or 'full'"
+        )
     if on_nonfinite not in ("skip", "raise"):
         raise ValueError(f"DiversityMonitor: on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}")
     if mechanism is not None and not isinstance(mechanism, Mechanism):
@@ -59,7 +64,7 @@ def check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn,
         if isinstance(full_max_bytes, bool) or not isinstance(full_max_bytes, int) or full_max_bytes <= 0:
             raise ValueError(f"DiversityMonitor: full_max_bytes must be a positive int, got {full_max_bytes!r}")
     elif loss_fn is not None:
-        raise ValueError("DiversityMonitor: loss_fn is for mode='full'; norms mode reads the gradients of your backward")
+        raise ValueError(f"DiversityMonitor: loss_fn is for mode='full'; {mode} mode reads the gradients of your backward")
     if optimizer is not None and not hasattr(optimizer, "param_groups"):
         raise TypeError(f"DiversityMonitor: optimizer must be a torch optimizer (with param_groups), got {type(optimizer).__name__}")
     if writer is not None and not callable(getattr(writer, "add_scalar", None)):

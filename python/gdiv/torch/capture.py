@@ -136,6 +136,12 @@ class PerExampleNorms:
         self.enabled = True
         self._inert_batch: Optional[int] = None
         self._inert_forwards = 0
+        # Gradient accumulation (set by a monitor): a forward after a
+        # backward keeps the finished capture's norms as a micro-batch
+        # instead of dropping them; _raw_sq_norms() concatenates.
+        self.accumulate = False
+        self._micro: List[Tensor] = []
+        self._micro_error: Optional[BaseException] = None
         self._reset_capture()
         self._last_backward: Optional[str] = None  # "train" | "eval" | None
         if attach:
@@ -219,7 +225,11 @@ class PerExampleNorms:
                 x = args[0] if args and isinstance(args[0], Tensor) else None
                 if x is None or x.dim() <= bd:
                     x = next((t for t in pytree.tree_flatten((args, kwargs))[0] if isinstance(t, Tensor) and t.dim() > bd), None)
-                self._inert_batch = None if x is None else int(x.shape[bd])
+                b = None if x is None else int(x.shape[bd])
+                if self.accumulate and self._inert_forwards > 1:  # micro-batches add up
+                    self._inert_batch = None if b is None or self._inert_batch is None else self._inert_batch + b
+                else:
+                    self._inert_batch = b
             return None
         if (
             self._root_depth == 1
@@ -341,6 +351,8 @@ class PerExampleNorms:
                 "the steps whose norms you read, or remove the hooks"
             )
         if self._backward_seen:  # first forward after a backward: a new capture
+            if self.accumulate:
+                self._stash_micro_batch()
             self._generation += 1
             self._reset_capture()
             self._replaced += 1
@@ -645,13 +657,34 @@ class PerExampleNorms:
     def _raw_sq_norms(self) -> Tensor:
         """The per-example squared norms of the gradients of the loss as it
         was backpropagated ((B,) float64, not a copy; not rescaled by B² for
-        "mean": the caller's controller converts)."""
-        return self._finalize()[0]
+        "mean": the caller's controller converts). With :attr:`accumulate`,
+        the micro-batches since the last :meth:`reset`, concatenated."""
+        cur = self._finalize()[0]
+        if self._micro_error is not None:
+            raise self._micro_error
+        return torch.cat([*self._micro, cur]) if self._micro else cur
+
+    def _micro_sizes(self) -> List[int]:
+        """The examples of each micro-batch since the last reset (the
+        current capture last; empty before the first forward)."""
+        cur = [] if self._batch is None else [int(self._batch)]
+        return [int(t.shape[0]) for t in self._micro] + cur
+
+    def _stash_micro_batch(self) -> None:
+        """Keep the finished capture's raw norms (a micro-batch of an
+        accumulated step); a capture problem is raised at the step."""
+        if self._micro_error is not None:
+            return
+        try:
+            self._micro.append(self._finalize()[0])
+        except (CaptureError, UnsupportedModuleError) as e:
+            self._micro_error = e
 
     def reset(self) -> None:
         """Forget the current capture (hooks stay attached)."""
         self._replaced = 0  # captures a later forward replaced since the last reset
         self._inert_batch, self._inert_forwards = None, 0
+        self._micro, self._micro_error = [], None
         self._generation += 1
         self._reset_capture()
         self._last_backward = None

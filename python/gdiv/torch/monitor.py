@@ -13,6 +13,7 @@ python/README.md, "DiversityMonitor".
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,8 +25,10 @@ from ..controller import Controller, Decision, EstimatorView
 from ..errors import NonFiniteError, ParamError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import LR_RULES, BatchSizePolicy
+from ._dist import DataParallel, resolve
+from ._local import LocalGradients
 from ._options import check_options, finite_real
-from ._reduce import NoiseDraws, device_sums
+from ._reduce import NoiseDraws, dense_grads, sq_norm
 from .capture import PerExampleNorms
 from .errors import CaptureError
 from .full import per_example_grads, trainable_parameters
@@ -53,6 +56,7 @@ RECORD_FIELDS: Tuple[str, ...] = (
 
 _WRITER_KEYS = ("batch", "lr", "loss", "m2", "g", "batch_bound", "diversity", "noise_scale")
 _STATE_VERSION = 2
+_F64 = torch.float64
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
 
 
@@ -66,8 +70,11 @@ class DiversityMonitor:
             train mode.
         loss_reduction: "mean" or "sum": how the backpropagated loss
             combines the examples (python/README.md, "DiversityMonitor", for the lr rule).
-        mode: "norms" (per-example norms from hooks) or "full" (per-example
-            gradients; needs ``loss_fn``).
+        mode: "norms" (per-example norms from hooks), "full" (per-example
+            gradients; needs ``loss_fn``) or "two_scale" (no per-example
+            work: each backward pass's own gradient against the
+            accumulated one; any model, BatchNorm included; needs ≥ 2
+            local gradients per step: DDP ranks or micro-batches).
         mechanism: None, ``gdiv.Langevin`` (norms or full), ``gdiv.Dropout``
             or ``gdiv.Quantize`` (full only).
         policy: a :class:`gdiv.BatchSizePolicy` deciding the next batch, or
@@ -118,6 +125,13 @@ class DiversityMonitor:
             to :attr:`history`; the batch size changes only after measured
             steps.
         max_measure_every: the adaptive cadence's largest interval.
+        process_group: "auto" (a ``DistributedDataParallel`` model under an
+            initialized torch.distributed: its process group), None (this
+            process alone) or a process group. Under data parallelism the
+            batch is global (P × local × micro-batches), one all-reduce of a
+            few scalars per measured step gives every rank the same
+            numbers and decisions, the policy is rounded to multiples of P,
+            and the seed (if None) is rank 0's.
 
     Raises:
         ValueError: bad or inconsistent options (each named).
@@ -162,6 +176,7 @@ class DiversityMonitor:
         attach: bool = True,
         measure_every: Union[int, str] = 1,
         max_measure_every: int = 16,
+        process_group: Any = "auto",
     ) -> None:
         if mode == "full" and measure_every != 1:
             raise ValueError(
@@ -173,6 +188,19 @@ class DiversityMonitor:
             raise TypeError(f"DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
         if sampling is None:
             sampling = "replacement" if dataset_size is None else "shuffle"
+        dp = resolve(model, process_group)
+        if dp is not None:
+            if mode == "full":
+                raise ValueError(
+                    "DiversityMonitor: mode='full' under data-parallel training is not supported; use mode='norms' "
+                    "(Langevin works there), or monitor a single process"
+                )
+            if policy is not None and policy.multiple_of % dp.world:
+                # every rank gets an equal share of each global batch
+                policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
+            if seed is None:  # one seed for every rank's mechanism draws
+                dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+                seed = dp.broadcast_int(secrets.randbits(63), dev)
         # The LR rule: a property of the mean-reduced step only (Go refuses
         # a rule with a sum loss, naming the reason).
         if lr_rule is None:
@@ -192,6 +220,7 @@ class DiversityMonitor:
             max_measure_every=max_measure_every,
         )
         self._model = model
+        self._dp: Optional[DataParallel] = dp
         self.loss_reduction = loss_reduction
         self.mode = mode
         self.mechanism = mechanism
@@ -217,6 +246,9 @@ class DiversityMonitor:
             if mode == "norms"
             else None
         )
+        if self._norms is not None:
+            self._norms.accumulate = True  # micro-batches before one step() add up
+        self._local = LocalGradients(model, batch_dim=batch_dim, attach=attach) if mode == "two_scale" else None
 
     # ------------------------------------------------------------ hooks ---
 
@@ -227,18 +259,21 @@ class DiversityMonitor:
     @property
     def attached(self) -> bool:
         """Whether the hooks are attached (always False in full mode, which has none)."""
-        return self._norms is not None and self._norms.attached
+        hooks = self._norms if self._norms is not None else self._local
+        return hooks is not None and hooks.attached
 
     def attach(self) -> "DiversityMonitor":
-        """Attach the hooks (norms mode). Idempotent."""
-        if self._norms is not None:
-            self._norms.attach()
+        """Attach the hooks (norms and two_scale modes). Idempotent."""
+        for hooks in (self._norms, self._local):
+            if hooks is not None:
+                hooks.attach()
         return self
 
     def remove(self) -> None:
         """Remove every hook the monitor added. Safe to call twice."""
-        if self._norms is not None:
-            self._norms.remove()
+        for hooks in (self._norms, self._local):
+            if hooks is not None:
+                hooks.remove()
 
     def __enter__(self) -> "DiversityMonitor":
         return self.attach()
@@ -392,37 +427,144 @@ class DiversityMonitor:
             self._params_key = key
         return self._params
 
-    def _measure_norms(self) -> Tuple[int, Dict[str, Any], Optional[int]]:
-        """Norms mode: read the capture, reduce on the device, one host copy.
-        Returns (batch, the observation's keywords, the Langevin draws' seed or None)."""
+    def _measure_norms(self, loss: Any) -> Tuple[int, Dict[str, Any], Optional[int], Any]:
+        """Norms mode: read the capture (every micro-batch since the last
+        step), reduce on the device, all-reduce over the ranks (one
+        collective under DDP), one host copy.
+        Returns (batch, the observation's keywords, the Langevin draws' seed
+        or None, the loss as a float or None)."""
         norms = self._norms
         assert norms is not None
         try:
             raw = norms._raw_sq_norms()  # per-example norms of the loss as backpropagated
-            if norms._replaced:
-                raise CaptureError(
-                    f"gdiv.torch: {norms._replaced + 1} forward/backward passes ran since the last monitor.step(); "
-                    ".grad holds their sum but the norms describe the last one. Gradient accumulation over several "
-                    "backward passes per step is not supported yet: call monitor.step() after each backward, or "
-                    "monitor one micro-batch per optimizer step"
-                )
+            sizes = norms._micro_sizes()
         finally:
             norms.reset()  # one step per backward: a second step() is an error
+        mean = self.loss_reduction == "mean"
+        if mean and len(set(sizes)) > 1:
+            raise CaptureError(
+                f"gdiv.torch: the {len(sizes)} micro-batches accumulated since the last monitor.step() have {sizes} "
+                "examples; with a mean loss per micro-batch their examples weigh unequally in .grad, so the norms "
+                "cannot be those of one batch. Use micro-batches of equal size (DataLoader(drop_last=True)) or a "
+                "sum-reduced loss"
+            )
         batch = int(raw.shape[0])
         s_norm, s_grad = self._grad_scale()
         params = self._trainable()
-        sums = device_sums(raw, params)
-        kw: Dict[str, Any] = dict(mean=self.loss_reduction == "mean", norms_scale=s_norm, grad_scale=s_grad)
+        dev = raw.device
+        sum_raw, sq_grad = raw.sum(dtype=_F64), sq_norm(dense_grads(params), dev)
         seed = None
+        extra: List[Tensor] = []
         if self.controller.settings["langevin_std"] > 0:
             seed = self.controller.next_seed
-            sums = torch.cat([sums, self._noise.moments(params, seed, sums.device)])
+            extra = list(self._noise.moments(params, seed, dev))
+        kw: Dict[str, Any] = dict(mean=mean, norms_scale=s_norm, grad_scale=s_grad)
+        if seed is not None:
             kw["dim"] = sum(p.numel() for p in params)
-        vals = sums.to("cpu").tolist()  # the step's one device → host transfer
+        loss_t = _loss_tensor(loss, dev)
+        dp = self._dp
+        if dp is None:
+            vals = torch.stack([sum_raw, sq_grad, *extra, *([] if loss_t is None else [loss_t])]).to("cpu").tolist()
+            if loss_t is not None:
+                loss = vals.pop()
+        else:
+            b = float(batch)
+            has = 0.0 if loss_t is None else 1.0
+            lw = torch.zeros((), dtype=_F64, device=dev) if loss_t is None else loss_t * (b if mean else 1.0)
+            local = [torch.tensor([b, b * b, has], dtype=_F64, device=dev), lw.reshape(1)]
+            same = [dp.from_rank0(t) for t in (sq_grad, *extra)]  # equal on every rank: summed from rank 0 alone
+            vec = dp.all_reduce(torch.cat([torch.stack([sum_raw, *same]), *local]))
+            vals = vec.to("cpu").tolist()  # the step's one device → host transfer
+            total, total_sq, n_loss, loss_sum = vals[-4:]
+            del vals[-4:]
+            batch = int(total)
+            if mean and dp.world * total_sq != total * total:
+                raise CaptureError(
+                    "gdiv.torch: the ranks' local batches differ in size this step; DDP averages the ranks' mean "
+                    "losses, which weighs their examples unequally, so the norms cannot be those of one batch. Give "
+                    "every rank the same number of examples (gdiv.torch.DistributedAdaptiveBatchSampler, or "
+                    "DistributedSampler with drop_last=True) or use a sum-reduced loss"
+                )
+            loss = None if n_loss < dp.world else (loss_sum / total if mean else loss_sum)
+            # DDP averages .grad over the P ranks: a mean loss's per-example
+            # gradients are P times those of the global mean, a sum loss's
+            # .grad is 1/P of the global sum (Go converts).
+            if mean:
+                kw["norms_scale"] = s_norm * dp.world
+            else:
+                kw["grad_scale"] = s_grad / dp.world
         kw["sum_sq_norms"], kw["sq_norm_batch_grad"] = vals[0], vals[1]
         if seed is not None:
             kw["noise_dot"], kw["noise_sq_norm"] = vals[2], vals[3]
-        return batch, kw, seed
+        if isinstance(loss, Tensor):
+            loss = float(loss.detach().reshape(()).item())
+        return batch, kw, seed, loss
+
+    def _measure_two_scale(self, loss: Any) -> Tuple[int, Dict[str, Any], Any]:
+        """two_scale mode: each backward pass's own gradient (a micro-batch
+        on a rank) and the accumulated, all-reduced ``.grad``; one
+        collective under DDP, one host copy. Returns (batch, the
+        observation's keywords, the loss)."""
+        lg = self._local
+        assert lg is not None
+        sq, sizes = lg.take()
+        if not sq or not sizes:
+            raise CaptureError(
+                "gdiv.torch: no train-mode forward and backward pass since the last monitor.step(): run the forward "
+                "(model.train()) and loss.backward() first"
+            )
+        if len(sq) != len(sizes) or None in sizes:
+            raise CaptureError(
+                f"gdiv.torch: {len(sizes)} train-mode forward passes and {len(sq)} backward passes since the last "
+                "monitor.step(); two_scale pairs each forward (a micro-batch, its examples along batch_dim) with one backward"
+            )
+        if len(set(sizes)) > 1:
+            raise CaptureError(
+                f"gdiv.torch: the micro-batches since the last monitor.step() have {sizes} examples; the two-scale "
+                "estimate needs local gradients of equal batches (DataLoader(drop_last=True))"
+            )
+        k, b = len(sizes), int(sizes[0])  # type: ignore[arg-type]
+        dev = sq[0].device
+        mean = self.loss_reduction == "mean"
+        local_sq = torch.stack(sq).sum()
+        sq_grad = sq_norm(dense_grads(self._trainable()), dev)
+        s_norm, s_grad = self._grad_scale()
+        loss_t = _loss_tensor(loss, dev)
+        dp = self._dp
+        world = 1 if dp is None else dp.world
+        if dp is None:
+            vals = torch.stack([local_sq, sq_grad, *([] if loss_t is None else [loss_t])]).to("cpu").tolist()
+            n_local, batch = k, k * b
+            if loss_t is not None:
+                loss = vals[2]
+        else:
+            has = 0.0 if loss_t is None else 1.0
+            lw = torch.zeros((), dtype=_F64, device=dev) if loss_t is None else loss_t
+            counts = torch.tensor([k, k * k, b, b * b, k * b, has], dtype=_F64, device=dev)
+            vec = dp.all_reduce(torch.cat([torch.stack([local_sq, dp.from_rank0(sq_grad), lw]), counts]))
+            vals = vec.to("cpu").tolist()
+            loss_sum, (nk, nk2, nb, nb2, total, n_loss) = vals[2], vals[3:]
+            if world * nk2 != nk * nk or world * nb2 != nb * nb:
+                raise CaptureError(
+                    "gdiv.torch: the ranks' local batches or micro-batch counts differ this step; the two-scale "
+                    "estimate needs local gradients of equal batches on every rank (DistributedAdaptiveBatchSampler, "
+                    "or DistributedSampler with drop_last=True)"
+                )
+            n_local, batch = int(nk), int(total)
+            loss = None if n_loss < world else (loss_sum / world if mean else loss_sum)
+        if n_local < 2:
+            raise CaptureError(
+                "gdiv.torch: mode='two_scale' needs at least 2 local gradients per step: under DDP 2 or more ranks, "
+                "on one process 2 or more micro-batches (gradient accumulation: k backward passes, each of the mean "
+                "loss divided by k, then one monitor.step())"
+            )
+        kw: Dict[str, Any] = dict(b_small=b, sq_norm_small=vals[0] / n_local, sum_sq_norms=0.0, sq_norm_batch_grad=vals[1], mean=mean)
+        # A micro-batch's mean loss divided by k (the accumulation recipe):
+        # its gradient is 1/k of its mean gradient. DDP averages .grad over
+        # the ranks: a sum loss's is 1/P of the global sum. (Go converts.)
+        kw["norms_scale"] = s_norm / k if mean else s_norm
+        kw["grad_scale"] = s_grad if mean else s_grad / world
+        return batch, kw, loss
 
     def _set_lr(self, batch: int, factor: float) -> Optional[float]:
         """Apply the LR factor for the batch being stepped; return group 0's lr."""
@@ -453,9 +595,12 @@ class DiversityMonitor:
         inputs: Optional[Union[Tensor, Sequence[Tensor]]] = None,
         targets: Optional[Tensor] = None,
     ) -> Dict[str, Any]:
-        """Fold the last backward pass into the estimate and decide the next batch.
+        """Fold the backward passes since the last step (one batch, or its
+        micro-batches under gradient accumulation) into the estimate and
+        decide the next batch. Under DDP every rank calls it; the numbers
+        and the decision are global and the same on every rank.
 
-        Call it after ``loss.backward()`` (norms mode) or
+        Call it after ``loss.backward()`` (norms and two_scale modes) or
         :meth:`full_backward` (full mode; or pass ``inputs``/``targets`` here
         to run it), and before ``optimizer.step()``: with a mean-reduced
         loss it sets the lr for the batch being stepped.
@@ -471,18 +616,27 @@ class DiversityMonitor:
             (:attr:`batch_size` after the decision), lr (group 0's, used by
             this step; None without an optimizer), loss, sum_sq_norms and
             sq_norm_of_sum (Σ‖g_i‖², ‖Σ g_i‖² of this batch, unscaled, with
-            the mechanism), m2, g, batch_bound, noise_scale, no_signal (the
+            the mechanism; NaN in two_scale mode), m2, g, batch_bound, noise_scale, no_signal (the
             smoothed estimate after the step; batch_bound = +inf with
             no_signal), diversity (batch_bound/n, None without
             dataset_size), skipped (None, "non-finite" or "batch of 1").
 
         Raises:
             CaptureError: nothing captured since the last step, the last
-                backward ran in eval mode (``model.eval()``), two backward
-                passes since the last step, or other capture problems (see
+                backward ran in eval mode (``model.eval()``), micro-batches
+                of unequal sizes with a mean loss, unequal local batches
+                across DDP ranks with a mean loss, two_scale with fewer than
+                2 local gradients, or other capture problems (see
                 ``PerExampleNorms.sq_norms``).
             gdiv.NonFiniteError: NaN/Inf gradients with on_nonfinite="raise".
         """
+        if self._local is not None:
+            if inputs is not None or targets is not None:
+                raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
+            if not self._local.enabled:
+                return self._unmeasured_step(loss, inputs, targets)
+            batch, pair, loss = self._measure_two_scale(loss)
+            return self._decide(batch, pair, None, loss)
         if self._norms is not None and not self._norms.enabled:
             return self._unmeasured_step(loss, inputs, targets)
         seed = None
@@ -503,12 +657,16 @@ class DiversityMonitor:
         else:
             if inputs is not None or targets is not None:
                 raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
-            batch, kw, seed = self._measure_norms()
+            batch, kw, seed, loss = self._measure_norms(loss)
+        return self._decide(batch, kw, seed, loss)
+
+    def _decide(self, batch: int, kw: Dict[str, Any], seed: Optional[int], loss: Any) -> Dict[str, Any]:
+        """The step's one controller call, then the LR, noise, warnings,
+        record and writer."""
         if isinstance(loss, Tensor):
             loss = float(loss.detach().reshape(()).item())
         elif loss is not None:
             loss = float(loss)
-
         d = self.controller.observe(batch, **kw)  # the one Go call of a norms-mode step
         if seed is not None and d.noise_std != 0:
             self._noise.add_(self._trainable(), seed, d.noise_std)
@@ -526,8 +684,9 @@ class DiversityMonitor:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if self._norms is not None:
-            self._norms.enabled = d.measure_next
+        for hooks in (self._norms, self._local):
+            if hooks is not None:
+                hooks.enabled = d.measure_next
         rec = _record(d, self.controller.examples, lr, loss, self.dataset_size)
         self.history.append(rec)
         if self.writer is not None:
@@ -542,21 +701,25 @@ class DiversityMonitor:
         """A step the cadence does not measure: the hooks were inert (no
         capture); the controller counts it and gives the LR factor (and the
         Langevin noise, which training still gets). Not in :attr:`history`."""
-        norms = self._norms
-        assert norms is not None
         if inputs is not None or targets is not None:
             raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
-        batch, forwards = norms._take_inert_batch()
-        if forwards > 1:
-            raise CaptureError(
-                f"gdiv.torch: {forwards} forward passes ran since the last monitor.step(); gradient accumulation over "
-                "several backward passes per step is not supported yet: call monitor.step() after each backward"
-            )
+        hooks: Any = self._norms if self._norms is not None else self._local
+        assert hooks is not None
+        if self._norms is not None:
+            batch, _ = self._norms._take_inert_batch()  # the micro-batches' examples, added up
+        else:
+            assert self._local is not None
+            _, sizes = self._local.take()
+            batch = None if not sizes or None in sizes else sum(sizes)  # type: ignore[arg-type]
         if batch is None:
             raise CaptureError(
                 "gdiv.torch: no train-mode forward pass of the model (with gradients, through its own forward) since "
                 "the last monitor.step(): run the forward and loss.backward() first"
             )
+        if self._dp is not None:
+            # No collective on an unmeasured step: the global batch is P equal
+            # shares (the distributed sampler's; a measured step checks it).
+            batch *= self._dp.world
         kw: Dict[str, Any] = {"unmeasured": True}
         seed = None
         if self.controller.settings["langevin_std"] > 0:
@@ -566,7 +729,7 @@ class DiversityMonitor:
         if seed is not None and d.noise_std != 0:
             self._noise.add_(self._trainable(), seed, d.noise_std)
         lr = self._set_lr(batch, d.lr_factor)
-        norms.enabled = d.measure_next
+        hooks.enabled = d.measure_next
         if isinstance(loss, Tensor):
             loss = float(loss.detach().reshape(()).item())
         return _record(d, self.controller.examples, lr, None if loss is None else float(loss), self.dataset_size)
@@ -629,6 +792,10 @@ class DiversityMonitor:
         if pol_state is not None and not isinstance(pol_state, dict):
             raise ParamError(f"DiversityMonitor.load_state_dict: policy = {pol_state!r}: want a dict or None")
         policy = None if pol_state is None else BatchSizePolicy(**pol_state)
+        dp = self._dp
+        if dp is not None and policy is not None and policy.multiple_of % dp.world:
+            # resumed on another world size: the policy is rounded to it again
+            policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
         if lr_rule not in LR_RULES:
             raise ParamError(f"DiversityMonitor.load_state_dict: lr_rule = {lr_rule!r}: want one of {LR_RULES}")
         settings = self.controller.settings
@@ -636,6 +803,12 @@ class DiversityMonitor:
         settings["batch_size"] = None  # the state sets the batch
         controller = Controller(**settings, seed=seed)
         controller.load_state_dict(ctrl_state)
+        b = controller.batch_size
+        if dp is not None and b is not None and b % dp.world:
+            raise ValueError(
+                f"DiversityMonitor.load_state_dict: the checkpoint's global batch {b} does not split over "
+                f"{dp.world} ranks; resume on a world size that divides it (or one the checkpoint's policy rounds to)"
+            )
         if base_lrs is not None:
             if not isinstance(base_lrs, (list, tuple)) or not all(finite_real(v) for v in base_lrs):
                 raise ParamError(f"DiversityMonitor.load_state_dict: base_lrs = {base_lrs!r}: want a list of finite numbers or None")
@@ -652,9 +825,10 @@ class DiversityMonitor:
         self._force_lr = base_lrs is not None
         self.history = [dict(r) for r in history]
         self._pending = None
-        if self._norms is not None:
-            self._norms.enabled = controller.measure_next
-            self._norms.reset()
+        for hooks in (self._norms, self._local):
+            if hooks is not None:
+                hooks.enabled = controller.measure_next
+                hooks.reset()
 
     def __repr__(self) -> str:
         bb = self.controller.smoothed.batch_bound
@@ -683,6 +857,18 @@ def _record(d: Decision, examples: int, lr: Optional[float], loss: Optional[floa
         "no_signal": bool(sm.no_signal),
         "skipped": d.skipped,
     }
+
+
+def _loss_tensor(loss: Any, device: torch.device) -> Optional[Tensor]:
+    """The recorded loss as a float64 0-dim tensor on ``device`` (None
+    without a loss), read with the step's other sums."""
+    if loss is None:
+        return None
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"DiversityMonitor.step: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return loss.detach().reshape(()).to(device=device, dtype=_F64)
+    return torch.tensor(float(loss), dtype=_F64, device=device)
 
 
 def _sums_of(rows: Tensor) -> Tuple[float, float]:

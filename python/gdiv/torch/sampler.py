@@ -45,7 +45,7 @@ from torch.utils.data import Sampler
 
 from .._validate import check_seed
 
-__all__ = ["AdaptiveBatchSampler"]
+__all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler"]
 
 _STATE_VERSION = 1
 
@@ -220,3 +220,103 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
 
     def __repr__(self) -> str:
         return f"AdaptiveBatchSampler(n={self.n}, replacement={self.replacement}, drop_last={self.drop_last}, batch_size={self.monitor.batch_size})"
+
+
+class DistributedAdaptiveBatchSampler(AdaptiveBatchSampler):
+    """The data-parallel ``batch_sampler``: every rank draws the same global
+    batches (one seeded stream, as :class:`AdaptiveBatchSampler` with the
+    same seed in one process) and yields its contiguous share of each.
+
+    A global batch of B = ``monitor.batch_size`` examples (the same on every
+    rank: the monitor's decisions are) is split into P equal shares of B/P;
+    rank r gets examples [r·B/P, (r+1)·B/P) of it. The monitor's policy is
+    rounded to multiples of P (``DiversityMonitor`` under DDP does it), so
+    the shares are always equal. Concatenating the ranks' shares gives the
+    single-process sampler's batch, so a P-rank run sees the examples a
+    single-process run with batch B sees.
+
+    Args:
+        data_source, monitor, replacement, drop_last: as
+            :class:`AdaptiveBatchSampler` (the data set is the whole one,
+            not a shard).
+        seed: the stream's seed; it must be the same on every rank. None:
+            rank 0 draws one and broadcasts it (a collective: every rank
+            must build its sampler).
+        num_replicas, rank: the world size and this rank (default: those
+            of the monitor's process group, else torch.distributed's).
+
+    Raises:
+        ValueError: as :class:`AdaptiveBatchSampler`; a global batch that P
+            does not divide (names the batch and P); a rank outside [0, P).
+
+    Example:
+        >>> sampler = DistributedAdaptiveBatchSampler(ds, monitor, replacement=False, seed=0)
+        >>> loader = DataLoader(ds, batch_sampler=sampler, num_workers=2)
+    """
+
+    def __init__(
+        self,
+        data_source: Union[int, Sized],
+        monitor: Any,
+        *,
+        replacement: bool = True,
+        drop_last: bool = False,
+        seed: Optional[int] = None,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+    ) -> None:
+        dp = getattr(monitor, "_dp", None)
+        if num_replicas is None or rank is None or seed is None:
+            import torch.distributed as dist
+
+            if dp is None and not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("DistributedAdaptiveBatchSampler: torch.distributed is not initialized; give num_replicas, rank and seed")
+            if num_replicas is None:
+                num_replicas = dp.world if dp is not None else dist.get_world_size()
+            if rank is None:
+                rank = dp.rank if dp is not None else dist.get_rank()
+            if seed is None:
+                if dp is None:
+                    raise ValueError("DistributedAdaptiveBatchSampler: give a seed (the same on every rank)")
+                seed = dp.broadcast_int(secrets.randbits(63), torch.device("cpu") if _gloo(dp) else torch.device("cuda"))
+        for name, v in (("num_replicas", num_replicas), ("rank", rank)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"DistributedAdaptiveBatchSampler: {name} must be an integer, got {v!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedAdaptiveBatchSampler: rank {rank} of {num_replicas} replicas: want 0 ≤ rank < num_replicas ≥ 1")
+        super().__init__(data_source, monitor, replacement=replacement, drop_last=drop_last, seed=seed)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def _share(self, batch: List[int]) -> List[int]:
+        p = self.num_replicas
+        b = len(batch)
+        if b % p:
+            raise ValueError(
+                f"DistributedAdaptiveBatchSampler: a global batch of {b} examples does not split over {p} ranks; "
+                f"give the policy multiple_of={p} (DiversityMonitor does under DDP) or an initial batch_size divisible by {p}"
+            )
+        k = b // p
+        return batch[self.rank * k : (self.rank + 1) * k]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in super().__iter__():
+            yield self._share(batch)
+
+    def __len__(self) -> int:
+        return super().__len__()
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedAdaptiveBatchSampler(n={self.n}, rank={self.rank}, num_replicas={self.num_replicas}, "
+            f"replacement={self.replacement}, batch_size={self.monitor.batch_size})"
+        )
+
+
+def _gloo(dp: Any) -> bool:
+    import torch.distributed as dist
+
+    try:
+        return dist.get_backend(dp.group) == "gloo"
+    except Exception:  # noqa: BLE001 — unknown backends: the CPU
+        return True

@@ -1,0 +1,111 @@
+"""The monitor's view of data-parallel training (torch.distributed, DDP).
+
+Every rank captures its own examples; one all-reduce of a few float64 scalars
+per measured step makes every rank hold the same global numbers, so every
+rank's Go controller receives the same input and makes the same decision,
+bit for bit. Values that are already equal on every rank (the squared norm
+of the all-reduced ``.grad``) enter the sum from rank 0 only (x + 0 + … = x
+exactly), so no rank's rounding can differ.
+
+Nothing here is a formula: the scales say how DDP's averaging relates the
+measured gradients to the global batch's, and Go converts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CaptureError
+
+__all__ = ["DataParallel", "resolve"]
+
+_F64 = torch.float64
+
+
+class DataParallel:
+    """A process group the monitor reduces over, and this rank's place in it.
+
+    DDP averages the ranks' gradients: ``.grad`` = (1/P) Σ_r ∇L_r. With a
+    mean loss over b local examples, L_r = (1/b) Σ_{i∈r} ℓ_i, so with equal
+    local batches ``.grad`` is the mean over the global batch B = P·b, and
+    each per-example gradient as backpropagated is P times that of the
+    global mean loss (``norms_scale`` P). With a sum loss ``.grad`` is Σ/P
+    (``grad_scale`` 1/P) and any local batches are exact.
+    """
+
+    def __init__(self, group: Any) -> None:
+        import torch.distributed as dist
+
+        self.group = group
+        self.world = int(dist.get_world_size(group))
+        self.rank = int(dist.get_rank(group))
+
+    def all_reduce(self, vec: Tensor) -> Tensor:
+        """Σ over the ranks of a float64 vector: the measured step's one
+        collective (in place; returns ``vec``)."""
+        import torch.distributed as dist
+
+        dist.all_reduce(vec, op=dist.ReduceOp.SUM, group=self.group)
+        return vec
+
+    def from_rank0(self, value: Tensor) -> Tensor:
+        """``value`` on rank 0, 0 elsewhere: summed, every rank gets rank
+        0's value exactly."""
+        return value if self.rank == 0 else torch.zeros_like(value)
+
+    def broadcast_int(self, value: int, device: torch.device) -> int:
+        """Rank 0's integer on every rank (a seed drawn at random)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value if self.rank == 0 else 0], dtype=torch.int64, device=device)
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0, group=self.group)
+        return int(t.item())
+
+    def __repr__(self) -> str:
+        return f"DataParallel(rank={self.rank}, world_size={self.world})"
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def _refuse_sharded(model: nn.Module) -> None:
+    names = {type(m).__name__ for m in model.modules()}
+    if names & {"FullyShardedDataParallel", "FSDPModule"} or any(n.startswith("FSDP") for n in names):
+        raise CaptureError(
+            "gdiv.torch: FSDP shards the parameters and their gradients over the ranks; per-example norms "
+            "need every layer's whole weight. Use DistributedDataParallel"
+        )
+
+
+def resolve(model: nn.Module, process_group: Any) -> Optional[DataParallel]:
+    """The data-parallel context of a monitored model.
+
+    ``process_group="auto"``: a ``DistributedDataParallel`` model under an
+    initialized torch.distributed reduces over its own process group; any
+    other model is single-process. None: single-process (each rank measures
+    alone; its decisions may differ from the other ranks'). A process group:
+    reduce over it (the model's gradients must be averaged over it as DDP
+    does).
+    """
+    _refuse_sharded(model)
+    if isinstance(process_group, str):
+        if process_group != "auto":
+            raise ValueError(f"DiversityMonitor: process_group must be 'auto', None or a process group, got {process_group!r}")
+        if not _is_ddp(model):
+            return None
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            return None
+        return DataParallel(getattr(model, "process_group", None))
+    if process_group is None:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("DiversityMonitor: process_group given but torch.distributed is not initialized (init_process_group first)")
+    return DataParallel(process_group)
