@@ -154,8 +154,9 @@ func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float
 // pair instead underestimates G by σ²/(n − 1) under this sampling, which
 // doubles B̂_S once B_S nears n/2.
 //
-// It returns ErrParam unless 1 ≤ bSmall < bBig ≤ n, and ErrNonFinite for
-// non-finite inputs.
+// It returns ErrParam unless 1 ≤ bSmall < bBig ≤ n, ErrNonFinite for
+// non-finite inputs, and ErrParam when M̂² < 0 (inconsistent inputs, as for
+// EstimateTwoScale: M̂² ≥ ‖ḡ_big‖² ≥ 0 when ‖ḡ_big‖² ≤ ‖ḡ_small‖²).
 func EstimateTwoScaleFinite(bSmall int, sqNormSmall float64, bBig int, sqNormBig float64, n int) (Estimate, error) {
 	if bSmall < 1 || bBig <= bSmall || n < bBig {
 		return Estimate{}, paramErr("two-scale batches b_small = %d, b_big = %d of n = %d distinct examples: want 1 ≤ b_small < b_big ≤ n", bSmall, bBig, n)
@@ -168,6 +169,10 @@ func EstimateTwoScaleFinite(bSmall int, sqNormSmall float64, bBig int, sqNormBig
 	cs, cb := c(bSmall), c(bBig)
 	sigma2 := (sqNormSmall - sqNormBig) / (cs - cb)
 	g := sqNormBig - cb*sigma2
+	if m2 := sigma2 + g; m2 < 0 {
+		return Estimate{}, paramErr("two-scale sq_norm_big = %v is inconsistent with sq_norm_small = %v (b_small = %d, b_big = %d, n = %d): "+
+			"M̂² = %v < 0; the global mean gradient's squared norm cannot exceed the mean of the local ones", sqNormBig, sqNormSmall, bSmall, bBig, n, m2)
+	}
 	return newEstimate(bBig, sigma2+g, g), nil
 }
 

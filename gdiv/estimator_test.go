@@ -354,6 +354,9 @@ func TestEstimateTwoScaleInconsistent(t *testing.T) {
 	if _, err := EstimateTwoScale(2, 0, 4, 1); !errors.Is(err, ErrParam) {
 		t.Errorf("EstimateTwoScale(2, 0, 4, 1) = %v, want ErrParam", err)
 	}
+	if _, err := EstimateTwoScaleFinite(2, 0, 4, 1, 100); !errors.Is(err, ErrParam) {
+		t.Errorf("EstimateTwoScaleFinite(2, 0, 4, 1, 100) = %v, want ErrParam", err)
+	}
 	// Equal norms (every rank the same gradient) stay valid: M̂² = ‖ḡ‖².
 	e, err := EstimateTwoScale(64, 2, 128, 2)
 	if err != nil || math.Abs(e.M2-2) > 1e-12 {
