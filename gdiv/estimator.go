@@ -119,8 +119,11 @@ func checkBatchSums(b int, sumSqNorms, sqNormOfSum float64) error {
 // EstimateBatch. Ranks that shuffle without replacement make it approximate
 // (the bias is O(b/n)).
 //
-// It returns ErrParam unless 1 ≤ bSmall < bBig, and ErrNonFinite for
-// non-finite inputs.
+// It returns ErrParam unless 1 ≤ bSmall < bBig, ErrNonFinite for
+// non-finite inputs, and ErrParam when M̂² < 0: the global mean is the mean
+// of the local means, so ‖ḡ_big‖² ≤ mean_r ‖ḡ_r‖² (Jensen) and M̂² ≥
+// ‖ḡ_small‖² ≥ 0 for consistent inputs; a negative M̂² means sqNormBig is far
+// too large (not the squared norm of the same ranks' global mean).
 func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float64) (Estimate, error) {
 	if bSmall < 1 || bBig <= bSmall {
 		return Estimate{}, paramErr("two-scale batches b_small = %d, b_big = %d: want 1 ≤ b_small < b_big", bSmall, bBig)
@@ -131,6 +134,10 @@ func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float
 	bs, bb := float64(bSmall), float64(bBig)
 	g := (bb*sqNormBig - bs*sqNormSmall) / (bb - bs)
 	trSigma := (sqNormSmall - sqNormBig) / (1/bs - 1/bb)
+	if m2 := trSigma + g; m2 < 0 {
+		return Estimate{}, paramErr("two-scale sq_norm_big = %v is inconsistent with sq_norm_small = %v (b_small = %d, b_big = %d): "+
+			"M̂² = %v < 0; the global mean gradient's squared norm cannot exceed the mean of the local ones", sqNormBig, sqNormSmall, bSmall, bBig, m2)
+	}
 	return newEstimate(bBig, trSigma+g, g), nil
 }
 
@@ -147,8 +154,9 @@ func EstimateTwoScale(bSmall int, sqNormSmall float64, bBig int, sqNormBig float
 // pair instead underestimates G by σ²/(n − 1) under this sampling, which
 // doubles B̂_S once B_S nears n/2.
 //
-// It returns ErrParam unless 1 ≤ bSmall < bBig ≤ n, and ErrNonFinite for
-// non-finite inputs.
+// It returns ErrParam unless 1 ≤ bSmall < bBig ≤ n, ErrNonFinite for
+// non-finite inputs, and ErrParam when M̂² < 0 (inconsistent inputs, as for
+// EstimateTwoScale: M̂² ≥ ‖ḡ_big‖² ≥ 0 when ‖ḡ_big‖² ≤ ‖ḡ_small‖²).
 func EstimateTwoScaleFinite(bSmall int, sqNormSmall float64, bBig int, sqNormBig float64, n int) (Estimate, error) {
 	if bSmall < 1 || bBig <= bSmall || n < bBig {
 		return Estimate{}, paramErr("two-scale batches b_small = %d, b_big = %d of n = %d distinct examples: want 1 ≤ b_small < b_big ≤ n", bSmall, bBig, n)
@@ -161,6 +169,10 @@ func EstimateTwoScaleFinite(bSmall int, sqNormSmall float64, bBig int, sqNormBig
 	cs, cb := c(bSmall), c(bBig)
 	sigma2 := (sqNormSmall - sqNormBig) / (cs - cb)
 	g := sqNormBig - cb*sigma2
+	if m2 := sigma2 + g; m2 < 0 {
+		return Estimate{}, paramErr("two-scale sq_norm_big = %v is inconsistent with sq_norm_small = %v (b_small = %d, b_big = %d, n = %d): "+
+			"M̂² = %v < 0; the global mean gradient's squared norm cannot exceed the mean of the local ones", sqNormBig, sqNormSmall, bSmall, bBig, n, m2)
+	}
 	return newEstimate(bBig, sigma2+g, g), nil
 }
 
@@ -225,7 +237,8 @@ type EstimatorState struct {
 // Update folds one per-batch estimate (from EstimateBatch,
 // EstimateBatchFinite or EstimateTwoScale) into the moving averages and
 // returns the smoothed estimate. A non-finite estimate is rejected with
-// ErrNonFinite and leaves the state unchanged. It panics if Beta is outside
+// ErrNonFinite, a negative M2 (never produced by the estimates above: M̂² is
+// a mean of squared norms) with ErrParam; both leave the state unchanged. It panics if Beta is outside
 // [0, 1) or NaN.
 func (e *Estimator) Update(est Estimate) (Estimate, error) {
 	if !(e.Beta >= 0 && e.Beta < 1) {
@@ -233,6 +246,9 @@ func (e *Estimator) Update(est Estimate) (Estimate, error) {
 	}
 	if math.IsNaN(est.M2) || math.IsInf(est.M2, 0) || math.IsNaN(est.G) || math.IsInf(est.G, 0) {
 		return Estimate{}, fmt.Errorf("%w in estimate: m2 = %v, g = %v", ErrNonFinite, est.M2, est.G)
+	}
+	if est.M2 < 0 {
+		return Estimate{}, fieldErr("m2", "estimate m2 = %v, want ≥ 0 (a mean of squared norms)", est.M2)
 	}
 	s := &e.state
 	if s.Steps > 0 && s.Beta != e.Beta {
@@ -267,19 +283,26 @@ func (e *Estimator) State() EstimatorState {
 	return s
 }
 
-// SetState restores a state returned by State, including Beta.
-// It returns ErrParam for an inconsistent state (negative steps, Beta
-// outside [0, 1), weight outside (0, 1] after a step, non-finite values).
+// SetState restores a state returned by State, including Beta. It returns an
+// error naming the field (a *FieldError: "beta", "steps", "weight",
+// "ema_m2", "ema_g") for an inconsistent state: ErrParam for Beta outside
+// [0, 1), negative steps, a weight outside (0, 1] after a step or a
+// negative ema_m2 (an average of the non-negative M̂²); ErrNonFinite for
+// non-finite averages. On error the estimator is unchanged.
 func (e *Estimator) SetState(s EstimatorState) error {
 	switch {
 	case !(s.Beta >= 0 && s.Beta < 1):
-		return paramErr("estimator state beta = %v, want 0 ≤ beta < 1", s.Beta)
+		return fieldErr("beta", "estimator state beta = %v, want 0 ≤ beta < 1", s.Beta)
 	case s.Steps < 0:
-		return paramErr("estimator state steps = %d is negative", s.Steps)
+		return fieldErr("steps", "estimator state steps = %d is negative", s.Steps)
 	case s.Steps > 0 && !(s.Weight > 0 && s.Weight <= 1):
-		return paramErr("estimator state weight = %v after %d steps, want 0 < weight ≤ 1", s.Weight, s.Steps)
-	case math.IsNaN(s.EMAM2) || math.IsInf(s.EMAM2, 0) || math.IsNaN(s.EMAG) || math.IsInf(s.EMAG, 0):
-		return fmt.Errorf("%w in estimator state: ema_m2 = %v, ema_g = %v", ErrNonFinite, s.EMAM2, s.EMAG)
+		return fieldErr("weight", "estimator state weight = %v after %d steps, want 0 < weight ≤ 1", s.Weight, s.Steps)
+	case !isFinite(s.EMAM2):
+		return &FieldError{Field: "ema_m2", Err: fmt.Errorf("%w in estimator state: ema_m2 = %v", ErrNonFinite, s.EMAM2)}
+	case !isFinite(s.EMAG):
+		return &FieldError{Field: "ema_g", Err: fmt.Errorf("%w in estimator state: ema_g = %v", ErrNonFinite, s.EMAG)}
+	case s.EMAM2 < 0:
+		return fieldErr("ema_m2", "estimator state ema_m2 = %v, want ≥ 0 (an average of mean squared norms)", s.EMAM2)
 	}
 	e.Beta = s.Beta
 	e.state = s

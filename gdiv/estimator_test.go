@@ -321,12 +321,46 @@ func TestEstimatorStateRoundTrip(t *testing.T) {
 	if _, err := full.Update(Estimate{M2: math.NaN()}); !errors.Is(err, ErrNonFinite) || full.State() != before {
 		t.Errorf("NaN update: err %v, state changed %v", err, full.State() != before)
 	}
-	for _, bad := range []EstimatorState{
-		{Beta: 1}, {Beta: 0.5, Steps: -1}, {Beta: 0.5, Steps: 2, Weight: 0}, {Beta: 0.5, Steps: 1, Weight: 0.5, EMAG: math.Inf(1)},
+	for _, c := range []struct {
+		bad   EstimatorState
+		field string
+	}{
+		{EstimatorState{Beta: 1}, "beta"},
+		{EstimatorState{Beta: 0.5, Steps: -1}, "steps"},
+		{EstimatorState{Beta: 0.5, Steps: 2, Weight: 0}, "weight"},
+		{EstimatorState{Beta: 0.5, Steps: 1, Weight: 0.5, EMAG: math.Inf(1)}, "ema_g"},
+		{EstimatorState{Beta: 0.5, Steps: 1, Weight: 0.5, EMAM2: math.NaN()}, "ema_m2"},
+		{EstimatorState{Beta: 0.5, Steps: 1, Weight: 0.5, EMAM2: -5, EMAG: 1}, "ema_m2"},
 	} {
-		if err := resumed.SetState(bad); err == nil {
-			t.Errorf("SetState(%+v) accepted", bad)
+		before := resumed.State()
+		err := resumed.SetState(c.bad)
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("SetState(%+v) = %v, want an error naming %q", c.bad, err, c.field)
 		}
+		if resumed.State() != before {
+			t.Errorf("SetState(%+v) failed but changed the state", c.bad)
+		}
+	}
+	// A negative M2 (a buggy caller's estimate) is refused by Update.
+	if _, err := full.Update(Estimate{M2: -1, G: 1}); !errors.Is(err, ErrParam) || full.State() != before {
+		t.Errorf("negative m2 update: err %v, state changed %v", err, full.State() != before)
+	}
+}
+
+// Inputs that break ‖ḡ_big‖² ≤ mean_r ‖ḡ_r‖² far enough to make M̂² negative
+// are refused rather than smoothed into a negative batch bound.
+func TestEstimateTwoScaleInconsistent(t *testing.T) {
+	if _, err := EstimateTwoScale(2, 0, 4, 1); !errors.Is(err, ErrParam) {
+		t.Errorf("EstimateTwoScale(2, 0, 4, 1) = %v, want ErrParam", err)
+	}
+	if _, err := EstimateTwoScaleFinite(2, 0, 4, 1, 100); !errors.Is(err, ErrParam) {
+		t.Errorf("EstimateTwoScaleFinite(2, 0, 4, 1, 100) = %v, want ErrParam", err)
+	}
+	// Equal norms (every rank the same gradient) stay valid: M̂² = ‖ḡ‖².
+	e, err := EstimateTwoScale(64, 2, 128, 2)
+	if err != nil || math.Abs(e.M2-2) > 1e-12 {
+		t.Errorf("EstimateTwoScale(64, 2, 128, 2) = %+v, %v; want M2 = 2", e, err)
 	}
 }
 

@@ -144,6 +144,27 @@ func (p BatchSizePolicy) Validate() error {
 	return nil
 }
 
+// CheckNext returns the error for which Next would panic, or nil: Validate's
+// error, or an error wrapping ErrParam naming the argument ("current",
+// "step", "batch_bound") for current < 1, step < 0, or a batch bound that
+// is NaN or negative without NoSignal. B̂_S = M̂²/Ĝ with M̂² ≥ 0 and Ĝ > 0
+// is never negative; a negative one is a caller's bug, not a small batch
+// size.
+func (p BatchSizePolicy) CheckNext(current int, est Estimate, step int) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case current < 1:
+		return fieldErr("current", "BatchSizePolicy.Next: current batch = %d, want ≥ 1", current)
+	case step < 0:
+		return fieldErr("step", "BatchSizePolicy.Next: step = %d, want ≥ 0 (the 0-based index of the decision)", step)
+	case !est.NoSignal && !(est.BatchBound >= 0):
+		return fieldErr("batch_bound", "BatchSizePolicy.Next: estimate batch_bound = %v, want ≥ 0 (+Inf or NoSignal: no signal)", est.BatchBound)
+	}
+	return nil
+}
+
 // Next returns the batch size to use after a step whose smoothed estimate
 // is est, when the current batch size is current. step is the 0-based index
 // of the decision (the number of earlier decisions; SGD passes k − 1 after
@@ -170,20 +191,12 @@ func (p BatchSizePolicy) Validate() error {
 // of MultipleOf); otherwise it is first made legal as in steps 3–4. So the
 // result is always a legal batch size.
 //
-// It panics if the policy is invalid (see Validate), current < 1, step < 0,
-// or est.BatchBound is NaN.
+// It panics if CheckNext returns an error: the policy is invalid (see
+// Validate), current < 1, step < 0, or est.BatchBound is NaN or negative
+// without NoSignal.
 func (p BatchSizePolicy) Next(current int, est Estimate, step int) int {
-	if err := p.Validate(); err != nil {
+	if err := p.CheckNext(current, est, step); err != nil {
 		panic(err.Error())
-	}
-	if current < 1 {
-		panic(fmt.Sprintf("gdiv: BatchSizePolicy.Next: current batch %d, want ≥ 1", current))
-	}
-	if step < 0 {
-		panic(fmt.Sprintf("gdiv: BatchSizePolicy.Next: step %d, want ≥ 0", step))
-	}
-	if !est.NoSignal && math.IsNaN(est.BatchBound) {
-		panic("gdiv: BatchSizePolicy.Next: estimate batch bound is NaN")
 	}
 	r := p.resolved()
 	minB, maxB, m := r.MinBatch, r.MaxBatch, r.MultipleOf

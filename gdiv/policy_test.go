@@ -188,9 +188,45 @@ func TestPolicyValidate(t *testing.T) {
 
 func TestPolicyNextPanics(t *testing.T) {
 	p := BatchSizePolicy{}
-	sgdMustPanic(t, "current batch 0", func() { p.Next(0, polEstimate(5), 0) })
-	sgdMustPanic(t, "step -1", func() { p.Next(4, polEstimate(5), -1) })
+	sgdMustPanic(t, "current batch = 0", func() { p.Next(0, polEstimate(5), 0) })
+	sgdMustPanic(t, "step = -1", func() { p.Next(4, polEstimate(5), -1) })
 	sgdMustPanic(t, "NaN", func() { p.Next(4, Estimate{BatchBound: math.NaN()}, 0) })
+	sgdMustPanic(t, "-5", func() { p.Next(8, Estimate{BatchBound: -5}, 0) })
+}
+
+// A negative (or NaN, or −Inf) batch bound is refused with the argument's
+// name, not turned into the minimum batch; +Inf and NoSignal are valid.
+func TestPolicyCheckNext(t *testing.T) {
+	p := BatchSizePolicy{}
+	for _, c := range []struct {
+		name    string
+		current int
+		est     Estimate
+		step    int
+		field   string
+	}{
+		{"negative bound", 8, Estimate{BatchBound: -5}, 0, "batch_bound"},
+		{"NaN bound", 8, Estimate{BatchBound: math.NaN()}, 0, "batch_bound"},
+		{"-Inf bound", 8, Estimate{BatchBound: math.Inf(-1)}, 0, "batch_bound"},
+		{"current 0", 0, polEstimate(5), 0, "current"},
+		{"step -1", 8, polEstimate(5), -1, "step"},
+		{"bad policy", 8, polEstimate(5), 0, "min_batch"},
+	} {
+		q := p
+		if c.name == "bad policy" {
+			q.MinBatch = -1
+		}
+		err := q.CheckNext(c.current, c.est, c.step)
+		var fe *FieldError
+		if !errors.Is(err, ErrParam) || !errors.As(err, &fe) || fe.Field != c.field {
+			t.Errorf("%s: CheckNext = %v, want ErrParam naming %q", c.name, err, c.field)
+		}
+	}
+	for _, est := range []Estimate{polEstimate(0), polEstimate(5), polEstimate(math.Inf(1)), {BatchBound: math.NaN(), NoSignal: true}} {
+		if err := p.CheckNext(8, est, 0); err != nil {
+			t.Errorf("CheckNext(%+v) = %v, want nil", est, err)
+		}
+	}
 }
 
 func sgdMustPanic(t *testing.T, want string, f func()) {

@@ -198,8 +198,8 @@ func TestEstimatorStateRoundTrip(t *testing.T) {
 		}
 	}
 	st[0] = 1.5 // invalid beta
-	if _, err := EstimatorSmoothed(stAddr, outAddr); err == nil || !strings.HasPrefix(err.Error(), "[param] ") {
-		t.Errorf("bad state: got %v, want a [param] error", err)
+	if _, err := EstimatorSmoothed(stAddr, outAddr); err == nil || !strings.HasPrefix(err.Error(), "[param:beta] ") {
+		t.Errorf("bad state: got %v, want a [param:beta] error", err)
 	}
 }
 

@@ -32,7 +32,7 @@ func readState(addr uintptr) (gdiv.EstimatorState, error) {
 	s := outBuf(addr, stateLen)
 	steps := int(s[1])
 	if float64(steps) != s[1] {
-		return gdiv.EstimatorState{}, paramErrorf("estimator state steps = %v is not an integer", s[1])
+		return gdiv.EstimatorState{}, &gdiv.FieldError{Field: "steps", Err: paramErrorf("estimator state steps = %v is not an integer", s[1])}
 	}
 	return gdiv.EstimatorState{Beta: s[0], Steps: steps, EMAM2: s[2], EMAG: s[3], Weight: s[4]}, nil
 }

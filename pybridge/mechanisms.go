@@ -2,6 +2,7 @@ package pybridge
 
 import (
 	"math/rand/v2"
+	"runtime/debug"
 
 	"github.com/gdiv/gdiv/gdiv"
 )
@@ -52,8 +53,16 @@ func MechanismValidate(mech int, param float64, levels int, rescale bool) (_ int
 // MechanismApply applies the mechanism in place to the caller's writable
 // n×d buffer at addr (kind 0 or 1; Arrow memory is immutable) with the
 // random source PCG(seed, 0). It returns 0.
+//
+// Memory that is mapped read-only (a torch tensor over a read-only numpy
+// memmap: torch.from_numpy keeps no writable flag, so Python cannot tell)
+// makes the first write fault. The fault becomes a panic here
+// (debug.SetPanicOnFault) and that panic a [param:grads] error, not a crash
+// of the interpreter; nothing has been written by then.
 func MechanismApply(mech int, param float64, levels int, rescale bool, kind int, addr uintptr, n, d int, seed uint64) (_ int, err error) {
 	defer guard(&err)
+	defer readOnlyFault(&err, "grads")
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	m, err := mechanism(mech, param, levels, rescale)
 	if err != nil {
 		return 0, err
@@ -71,6 +80,22 @@ func MechanismApply(mech int, param float64, levels int, rescale bool, kind int,
 		err = m.Apply(g.f64, n, d, newRand(seed))
 	}
 	return 0, err
+}
+
+// readOnlyFault is deferred by exports that write into the caller's memory,
+// after debug.SetPanicOnFault(true): it turns a memory fault into an error
+// naming the buffer and passes any other panic on (to guard).
+func readOnlyFault(err *error, what string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if f, ok := r.(interface{ Addr() uintptr }); ok {
+		*err = &gdiv.FieldError{Field: what, Err: paramErrorf("writing into the %s memory faulted at address %#x: the buffer is read-only "+
+			"(e.g. a torch tensor over a read-only numpy memmap); pass a writable copy, or use .apply for a new array", what, f.Addr())}
+		return
+	}
+	panic(r)
 }
 
 // MechanismExpected computes gdiv.Expected (or Expected32) of the mechanism

@@ -70,21 +70,18 @@ func PolicyValidate(policy uintptr) (_ int, err error) {
 // PolicyNext returns BatchSizePolicy.Next(current, est, step) for the
 // policy at addr and est = {M2: m2, G: g, BatchBound: batchBound,
 // NoSignal: noSignal} (Next reads only BatchBound and NoSignal). Arguments
-// for which Next would panic are [param] errors naming the argument.
+// for which Next would panic are CheckNext's [param] errors naming the
+// argument.
 func PolicyNext(policy uintptr, current int, m2, g, batchBound float64, noSignal bool, step int) (_ int, err error) {
 	defer guard(&err)
 	p, err := readPolicy(policy)
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, err
-	case current < 1:
-		return 0, paramErrorf("current batch = %d, want ≥ 1", current)
-	case step < 0:
-		return 0, paramErrorf("step = %d, want ≥ 0 (the 0-based index of the decision)", step)
-	case !noSignal && math.IsNaN(batchBound):
-		return 0, paramErrorf("estimate batch_bound is NaN")
 	}
 	est := gdiv.Estimate{M2: m2, G: g, BatchBound: batchBound, NoiseScale: batchBound - 1, NoSignal: noSignal}
+	if err := p.CheckNext(current, est, step); err != nil {
+		return 0, err
+	}
 	return p.Next(current, est, step), nil
 }
 

@@ -354,6 +354,8 @@ func readSettings(addr uintptr) (train.SGDSettings, error) {
 //	                  batch_bound, noise_scale, no_signal), the policy SGD
 //	                  applied after its adjustments (8, zeros without one),
 //	                  the number of indices written
+//	progressFD        a file descriptor to print train.ProgressPrinter's
+//	                  lines on (the caller's standard error), or −1 for none
 //
 // The caller sizes histCap and idxCap from the stopping rule; a run that
 // does not fit is an [internal] error (nothing is written then). It
@@ -362,7 +364,7 @@ func readSettings(addr uintptr) (train.SGDSettings, error) {
 // discarded.
 func Train(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w0 uintptr, w0Len int,
 	settings, policy uintptr, mech int, mechParam float64, mechLevels int, mechRescale bool, seed uint64,
-	wOut uintptr, wOutLen int, history uintptr, histCap int, indices uintptr, idxCap int, summary uintptr) (_ int, err error) {
+	wOut uintptr, wOutLen int, history uintptr, histCap int, indices uintptr, idxCap int, summary uintptr, progressFD int) (_ int, err error) {
 	defer guard(&err)
 	p, err := problem(spec, xKind, xAddr, yAddr, n, d)
 	if err != nil {
@@ -396,6 +398,9 @@ func Train(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w0 uintptr, 
 	}
 	s.Seed = seed
 	s.RecordIndices = indices != 0
+	if progressFD >= 0 {
+		s.Progress = train.ProgressPrinter(fdWriter(progressFD), s, n)
+	}
 
 	res, err := train.SGD(p, start, s)
 	if err != nil {

@@ -100,6 +100,7 @@ func TestPolicyErrors(t *testing.T) {
 			_, err := PolicyNext(bad(gdiv.BatchSizePolicy{}), 4, 1, 1, math.NaN(), false, 0)
 			return err
 		}, "NaN"},
+		{"negative", func() error { _, err := PolicyNext(bad(gdiv.BatchSizePolicy{}), 8, 1, 1, -5, false, 0); return err }, "batch_bound = -5"},
 		{"scale rule", func() error { _, err := PolicyScaleLR(9, 0.1, 2, 4); return err }, "LRRule(9)"},
 		{"scale batch", func() error { _, err := PolicyScaleLR(1, 0.1, 0, 4); return err }, "batches 0 → 4"},
 		{"scale lr", func() error { _, err := PolicyScaleLR(1, math.NaN(), 2, 4); return err }, "lr = NaN"},
@@ -160,7 +161,7 @@ func TestTrainMatchesSGD(t *testing.T) {
 	iAddr := uintptr(unsafe.Pointer(&ibuf[0]))
 	sAddr, sum := foreign64(t, make([]float64, summaryLen))
 	steps, err := Train(spec, kindF64, x, y, n, d, 0, 0, settings, policyBuf(t, pol), mechDropout, 0.25, 0, false, 11,
-		wAddr, np, hAddr, 200, iAddr, 400, sAddr)
+		wAddr, np, hAddr, 200, iAddr, 400, sAddr, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func TestTrainMatchesSGD(t *testing.T) {
 
 	// Buffers that are too small are an [internal] error.
 	if _, err := Train(spec, kindF64, x, y, n, d, 0, 0, settings, policyBuf(t, pol), -1, 0, 0, false, 11,
-		wAddr, np, hAddr, 2, 0, 0, sAddr); err == nil || !strings.HasPrefix(err.Error(), "[internal] ") {
+		wAddr, np, hAddr, 2, 0, 0, sAddr, -1); err == nil || !strings.HasPrefix(err.Error(), "[internal] ") {
 		t.Errorf("small buffers: got %v", err)
 	}
 }
@@ -289,7 +290,7 @@ func TestReferenceErrorsAreTagged(t *testing.T) {
 			return err
 		}},
 		{"lr", "[param] ", "learning rate = -1", func() error {
-			_, err := Train(spec, kindF64, x, y, n, d, 0, 0, settings, 0, -1, 0, 0, false, 1, wAddr, np, hAddr, 3, 0, 0, sAddr)
+			_, err := Train(spec, kindF64, x, y, n, d, 0, 0, settings, 0, -1, 0, 0, false, 1, wAddr, np, hAddr, 3, 0, 0, sAddr, -1)
 			return err
 		}},
 		{"problem", "[param] ", "problem code 9", func() error { _, err := NumParams(badSpec, d); return err }},

@@ -2,9 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 
+	"github.com/gdiv/gdiv/cmd/gdiv/internal/cli"
 	"github.com/gdiv/gdiv/gdiv"
 )
 
@@ -75,9 +77,16 @@ func runDim(e *env, args []string) error {
 	if err := positionals(pos, "FILE"); err != nil {
 		return err
 	}
+	// MonteCarlo holds two float64 per draw and a copy of the gradients.
+	if err := cli.CheckAlloc(*c.maxBytes, 16*float64(*samples), fmt.Sprintf("--samples %d", *samples)); err != nil {
+		return err
+	}
 
 	x, err := e.readMatrix(pos[0], c)
 	if err != nil {
+		return err
+	}
+	if err := cli.CheckAlloc(*c.maxBytes, 16*float64(*samples)+8*float64(len(x.Data)), fmt.Sprintf("--samples %d on %d×%d gradients", *samples, x.Rows, x.Cols)); err != nil {
 		return err
 	}
 	ex, err := gdiv.Expected(m, x.Data, x.Rows, x.Cols)

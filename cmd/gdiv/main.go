@@ -85,6 +85,13 @@ Flags of every command:
   --cols SPEC           use only these columns: comma-separated 0-based
                         indices (-1 = last), Python slices (0:64, :-1, ::2)
                         or header names (label)
+  --max-bytes SIZE      the most memory a command may take for its input and
+                        arrays (default 4GiB; suffixes K, M, G, T or KiB...):
+                        a larger file, a stream (standard input, /dev/zero)
+                        running past it, or arrays it would need (dim
+                        --samples, train --hidden) are refused before
+                        allocating, with a one-line error. The numbers
+                        parsed from CSV (8 bytes each) count too.
   --help                show the command's help
 
 Output: table prints aligned "key  value" lines; json prints one object with
@@ -202,8 +209,9 @@ func runVersion(e *env, args []string) error {
 
 // common holds the flags every file-reading command has.
 type common struct {
-	format string
-	cols   string
+	format   string
+	cols     string
+	maxBytes *cli.ByteSize
 }
 
 func newFlagSet(name string) (*flag.FlagSet, *common) {
@@ -212,6 +220,7 @@ func newFlagSet(name string) (*flag.FlagSet, *common) {
 	c := &common{}
 	fs.StringVar(&c.format, "format", "table", "output format: json or table")
 	fs.StringVar(&c.cols, "cols", "", "columns to use")
+	c.maxBytes = cli.AddMaxBytes(fs)
 	return fs, c
 }
 
@@ -229,9 +238,9 @@ func (e *env) readMatrix(path string, c *common) (*data.Matrix, error) {
 	var m *data.Matrix
 	var err error
 	if path == "-" {
-		m, err = data.ReadCSV(e.stdin, "<stdin>")
+		m, err = data.ReadCSVLimit(e.stdin, "<stdin>", int64(*c.maxBytes))
 	} else {
-		m, err = data.ReadMatrixFile(path)
+		m, err = data.ReadMatrixFileLimit(path, int64(*c.maxBytes))
 	}
 	if err != nil {
 		return nil, err

@@ -399,7 +399,8 @@ func TestErrors(t *testing.T) {
 		{"bad format", "", []string{"stats", "--format", "xml", good}, 2, []string{`--format "xml"`}},
 		{"unknown flag", "", []string{"stats", "--bogus", good}, 2, []string{"bogus"}},
 		{"flag without value", "", []string{"stats", good, "--format"}, 2, []string{"format"}},
-		{"bad cols", "", []string{"stats", "--cols", "0:5,z", good}, 2, []string{"--cols", `"z"`}},
+		{"bad cols", "", []string{"stats", "--cols", "0:1,z", good}, 2, []string{"--cols", `"z"`}},
+		{"cols clipped", "", []string{"stats", "--cols", "0:99", good}, 2, []string{"--cols", "stop 99 is out of range", "2 columns"}},
 		{"cols out of range", "", []string{"stats", "--cols", "7", good}, 2, []string{"--cols", "out of range"}},
 		{"diff shapes", "", []string{"diff", good, wide}, 1, []string{"gdiv: diff: ", "good.csv is 2×2", "wide.csv is 2×3"}},
 		{"diff identical", "", []string{"diff", good, good}, 1, []string{"identical"}},
@@ -470,5 +471,63 @@ func TestDigits(t *testing.T) {
 	code, out2, errs := gdivRun(t, "", "stats", p, "--cols", ":-1", "--format", "json")
 	if code != 0 || out2 != out {
 		t.Errorf("--cols :-1 differs from --cols 0:64: exit %d %s", code, errs)
+	}
+}
+
+// TestSizeLimits: inputs and arrays beyond --max-bytes end in a one-line
+// error and a non-zero status, never in Go's fatal "out of memory".
+func TestSizeLimits(t *testing.T) {
+	big := writeFile(t, "big.csv", strings.Repeat("1,2\n", 1000)) // 4000 bytes
+	stream := strings.Repeat("1,2\n", 100_000)
+	cases := []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+		want  []string
+	}{
+		{"file over the limit", "", []string{"stats", "--max-bytes", "1K", big}, 1, []string{"big.csv", "4000 bytes", "limit of 1024 bytes"}},
+		{"stream over the limit", stream, []string{"stats", "--max-bytes", "64KiB", "-"}, 1, []string{"<stdin>", "limit of 65536 bytes"}},
+		{"dim samples", "", []string{"dim", "--mechanism", "quantize", "--samples", "2000000000", big}, 2, []string{"--samples 2000000000", "29.8 GiB", "--max-bytes 4GiB"}},
+		{"train hidden", "", []string{"train", "--data", "digits", "--problem", "mlp", "--hidden", "1000000000", "--lr", "0.1", "--batch", "8", "--steps", "1", "--quiet"},
+			2, []string{"--problem mlp", "parameters", "raise --max-bytes"}},
+		{"bad max-bytes", "", []string{"stats", "--max-bytes", "0", big}, 2, []string{"max-bytes", "want a size"}},
+		{"bad max-bytes suffix", "", []string{"stats", "--max-bytes", "3X", big}, 2, []string{"max-bytes"}},
+	}
+	if _, err := os.Stat("/dev/zero"); err == nil {
+		cases = append(cases, struct {
+			name  string
+			stdin string
+			args  []string
+			code  int
+			want  []string
+		}{"dev zero", "", []string{"stats", "/dev/zero"}, 1, []string{"/dev/zero", "binary data"}})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := gdivRun(t, tc.stdin, tc.args...)
+			if code != tc.code || out != "" {
+				t.Errorf("exit %d, want %d; stdout %q; stderr %q", code, tc.code, out, errs)
+			}
+			if !strings.HasPrefix(errs, "gdiv: ") || strings.Count(errs, "\n") != 1 {
+				t.Fatalf("stderr is not one line: %q", errs)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr %q does not contain %q", errs, w)
+				}
+			}
+		})
+	}
+	// Raising the limit lets the same input through (the parsed values count
+	// too: 2000 numbers are 16000 bytes); the stream that fits is read whole.
+	if code, _, errs := gdivRun(t, "", "stats", "--max-bytes", "16000", big); code != 0 {
+		t.Errorf("file at the limit: exit %d: %s", code, errs)
+	}
+	if code, _, errs := gdivRun(t, "", "stats", "--max-bytes", "15999", big); code != 1 || !strings.Contains(errs, "parsed values") {
+		t.Errorf("parsed values over the limit: exit %d: %s", code, errs)
+	}
+	if code, _, errs := gdivRun(t, stream, "stats", "--max-bytes", "2M", "-"); code != 0 {
+		t.Errorf("stream under the limit: exit %d: %s", code, errs)
 	}
 }

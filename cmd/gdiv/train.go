@@ -10,6 +10,7 @@ import (
 
 	"gonum.org/v1/plot/vg"
 
+	"github.com/gdiv/gdiv/cmd/gdiv/internal/cli"
 	"github.com/gdiv/gdiv/gdiv/train"
 	"github.com/gdiv/gdiv/internal/plotx"
 )
@@ -69,6 +70,8 @@ Output:
   --plot FILE          PNG of the history
   --quiet              no progress lines on stderr
   --format json|table  summary format (default table)
+  --max-bytes SIZE     refuse a data file, or a model (about 64 bytes per
+                       parameter), larger than SIZE (default 4GiB; K, M, G suffixes)
 
 Summary keys: data, problem, n, params, steps, examples, initial_loss, final_loss,
 train_accuracy (classification; -1 otherwise), first_batch, final_batch,
@@ -147,6 +150,9 @@ func runTrain(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if params, need := pf.ProblemBytes(ds.D, ds.Classes); need > float64(*pf.MaxBytes) {
+		return cli.CheckAlloc(*pf.MaxBytes, need, fmt.Sprintf("--problem %s with %.4g parameters", pf.Problem, params))
+	}
 	prob, err := pf.Build(ds)
 	if err != nil {
 		return err
@@ -167,7 +173,7 @@ func runTrain(e *env, args []string) error {
 		}
 	}
 	if !*quiet {
-		s.Progress = newProgress(e.stderr, s, ds.N)
+		s.Progress = train.ProgressPrinter(e.stderr, s, ds.N)
 	}
 	start := time.Now()
 	res, err := train.SGD(prob, train.SeededInitialWeights(prob, *seed), s)
@@ -203,33 +209,6 @@ func runTrain(e *env, args []string) error {
 		{"first_batch", res.History[0].Batch}, {"final_batch", last.Batch}, {"max_batch_used", maxB},
 		{"batch_bound", res.Estimate.BatchBound}, {"wall_seconds", math.Round(wall*1000) / 1000},
 	})
-}
-
-// newProgress returns a Progress callback that prints about twenty lines per
-// run (and the last step) on w, so that a long run shows it is alive in a
-// log as well as on a terminal.
-func newProgress(w io.Writer, s train.SGDSettings, n int) func(train.Record) {
-	total, unit := s.Steps, "steps"
-	if total == 0 || (s.Examples > 0 && s.Policy != nil) {
-		total, unit = s.Examples, "examples"
-	}
-	every := max(1, total/20)
-	next := every
-	return func(r train.Record) {
-		done := r.Step
-		if unit == "examples" {
-			done = r.Examples
-		}
-		if done < next && done < total {
-			return
-		}
-		for next <= done {
-			next += every
-		}
-		fmt.Fprintf(w, "train: %5.1f%%  step %6d  examples %8d  epoch %6.2f  loss %-10.5g  batch %5d  B_S_hat %.4g\n",
-			100*math.Min(1, float64(done)/float64(total)), r.Step, r.Examples, float64(r.Examples)/float64(n),
-			r.Loss, r.Batch, r.BatchBound)
-	}
 }
 
 func writeHistory(path string, h []train.Record) error {

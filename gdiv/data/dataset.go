@@ -306,8 +306,19 @@ func ReadDatasetClasses(path, labelCol string, classes int) (*Dataset, error) {
 	return readDataset(path, labelCol, classes)
 }
 
+// ReadDatasetLimit is ReadDataset (classes < 0: the task is inferred) or
+// ReadDatasetClasses (classes ≥ 0) reading at most maxBytes bytes of the
+// file, as ReadMatrixFileLimit does (maxBytes ≤ 0: no limit).
+func ReadDatasetLimit(path, labelCol string, classes int, maxBytes int64) (*Dataset, error) {
+	return readDatasetLimit(path, labelCol, classes, maxBytes)
+}
+
 func readDataset(path, labelCol string, classes int) (*Dataset, error) {
-	m, err := ReadMatrixFile(path)
+	return readDatasetLimit(path, labelCol, classes, 0)
+}
+
+func readDatasetLimit(path, labelCol string, classes int, maxBytes int64) (*Dataset, error) {
+	m, err := ReadMatrixFileLimit(path, maxBytes)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,10 @@ import (
 // truncated data). Test with errors.Is; the *ReadError says where.
 var ErrFormat = errors.New("gdiv: malformed or unsupported matrix file")
 
+// ErrTooLarge: the input is larger than the reader's byte limit
+// (ReadMatrixFileLimit, ReadDatasetLimit). Test with errors.Is.
+var ErrTooLarge = errors.New("gdiv: input larger than the size limit")
+
 // ReadError reports a problem found while reading a matrix file. Its Err is
 // one of the sentinels ErrFormat, ErrNonFinite, ErrEmpty or ErrZeroDim, so
 // errors.Is(err, ErrNonFinite) and friends work on it.
@@ -83,7 +87,8 @@ func (m *Matrix) At(i, j int) float64 {
 //
 //	an index         "3", "-1"          (0-based; negative counts from the end)
 //	a slice          "0:64", ":-1", "::2", "10:"  (Python semantics: start:stop[:step],
-//	                                     stop excluded, out-of-range ends clipped)
+//	                                     stop excluded; unlike Python, an end
+//	                                     outside -n..n is an error, not clipped)
 //	a column name    "label"            (from a CSV header or Arrow schema)
 //
 // An item that parses as an integer is always an index, never a name.
@@ -198,6 +203,13 @@ func columnSlice(item string, n int) ([]int, error) {
 	if step == 0 {
 		return nil, paramErr("bad column slice %q: step is zero", item)
 	}
+	// Python clips out-of-range ends ("0:99" on 3 columns is "0:3"); here a
+	// typo or a wrong file must not select fewer columns silently.
+	for k, what := range []string{"start", "stop"} {
+		if set[k] && (v[k] < -n || v[k] > n) {
+			return nil, paramErr("column slice %q: %s %d is out of range: the matrix has %d columns (valid: -%d..%d)", item, what, v[k], n, n, n)
+		}
+	}
 	// Python's slice.indices.
 	norm := func(x, lo, hi int) int {
 		if x < 0 {
@@ -255,33 +267,109 @@ var (
 // Errors are *ReadError values (wrapping ErrFormat, ErrNonFinite, ErrEmpty
 // or ErrZeroDim) or the *os.PathError of opening the file.
 func ReadMatrixFile(path string) (*Matrix, error) {
+	return ReadMatrixFileLimit(path, 0)
+}
+
+// ReadMatrixFileLimit is ReadMatrixFile reading at most maxBytes bytes of
+// input (maxBytes ≤ 0: no limit). A regular file larger than maxBytes is
+// refused before anything is read; a stream (standard input, a pipe, a
+// device such as /dev/zero) is read until it passes the limit. Either way
+// the error is a *ReadError wrapping ErrTooLarge. Parsed CSV text (8 bytes
+// per number, up to 4 times the text) is held to the same limit.
+func ReadMatrixFileLimit(path string, maxBytes int64) (*Matrix, error) {
 	if path == "-" {
-		return ReadCSV(os.Stdin, "<stdin>")
+		return ReadCSVLimit(os.Stdin, "<stdin>", maxBytes)
 	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.IsDir() {
-		return nil, newReadError(path, ErrFormat, "is a directory, not a matrix file")
+	if st, err := f.Stat(); err == nil {
+		if st.IsDir() {
+			return nil, newReadError(path, ErrFormat, "is a directory, not a matrix file")
+		}
+		if maxBytes > 0 && st.Mode().IsRegular() && st.Size() > maxBytes {
+			return nil, tooLarge(path, maxBytes, fmt.Sprintf("is %d bytes", st.Size()))
+		}
 	}
+	var read func(io.Reader) (*Matrix, error)
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".csv", ".txt":
-		return readDelimited(f, path, ',')
+		read = func(r io.Reader) (*Matrix, error) { return readDelimited(r, path, ',', maxBytes) }
 	case ".tsv", ".tab":
-		return readDelimited(f, path, '\t')
+		read = func(r io.Reader) (*Matrix, error) { return readDelimited(r, path, '\t', maxBytes) }
 	case ".npy":
-		return ReadNPY(f, path)
+		read = func(r io.Reader) (*Matrix, error) { return ReadNPY(r, path) }
 	case ".arrow", ".ipc", ".feather", ".arrows":
-		return ReadArrowIPC(f, path)
+		read = func(r io.Reader) (*Matrix, error) { return ReadArrowIPC(r, path) }
+	default:
+		read = func(r io.Reader) (*Matrix, error) { return readMatrix(r, path, maxBytes) }
 	}
-	return ReadMatrix(f, path)
+	return readLimited(f, path, maxBytes, read)
+}
+
+// ReadCSVLimit is ReadCSV reading at most maxBytes bytes of r (maxBytes ≤
+// 0: no limit); past the limit it returns a *ReadError wrapping ErrTooLarge.
+func ReadCSVLimit(r io.Reader, name string, maxBytes int64) (*Matrix, error) {
+	return readLimited(r, name, maxBytes, func(r io.Reader) (*Matrix, error) { return readDelimited(r, name, ',', maxBytes) })
+}
+
+// readLimited runs read on r cut off after maxBytes bytes (≤ 0: no limit);
+// a read past the limit fails, and whatever error the reader then reports
+// becomes an ErrTooLarge *ReadError.
+func readLimited(r io.Reader, name string, maxBytes int64, read func(io.Reader) (*Matrix, error)) (*Matrix, error) {
+	if maxBytes <= 0 {
+		return read(r)
+	}
+	lr := &limitReader{r: r, left: maxBytes}
+	m, err := read(lr)
+	if lr.over {
+		return nil, tooLarge(name, maxBytes, "has more")
+	}
+	return m, err
+}
+
+func tooLarge(name string, maxBytes int64, what string) error {
+	return newReadError(name, ErrTooLarge, "%s than the limit of %d bytes; raise the limit to read it", what, maxBytes)
+}
+
+// limitReader reads at most left bytes from r, then fails with
+// ErrTooLarge (unlike io.LimitReader, which reports a silent EOF) and sets
+// over.
+type limitReader struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		// One byte more tells a stream that ends exactly at the limit from
+		// one that goes on.
+		var one [1]byte
+		n, err := l.r.Read(one[:])
+		if n > 0 {
+			l.over = true
+			return 0, ErrTooLarge
+		}
+		return 0, err
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 // ReadMatrix reads a matrix from r, sniffing the format from its first bytes
 // as ReadMatrixFile does for an unknown extension. name is used in errors.
 func ReadMatrix(r io.Reader, name string) (*Matrix, error) {
+	return readMatrix(r, name, 0)
+}
+
+func readMatrix(r io.Reader, name string, maxBytes int64) (*Matrix, error) {
 	br := bufio.NewReader(r)
 	head, _ := br.Peek(8)
 	switch {
@@ -290,7 +378,7 @@ func ReadMatrix(r io.Reader, name string) (*Matrix, error) {
 	case bytes.HasPrefix(head, arrowMagic), isArrowStreamPrefix(head):
 		return ReadArrowIPC(br, name)
 	}
-	return readDelimited(br, name, ',')
+	return readDelimited(br, name, ',', maxBytes)
 }
 
 // isArrowStreamPrefix reports whether b starts like an Arrow IPC stream: the

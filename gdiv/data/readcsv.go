@@ -2,6 +2,7 @@ package data
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -26,17 +27,24 @@ import (
 //   - Every row has as many cells as the first one.
 //
 // Errors are *ReadError values naming the 1-based line and column and the
-// offending text: ErrFormat for a cell that is not a number, an empty cell or
-// a ragged row; ErrNonFinite for "nan", "inf" and numbers beyond the float64
+// offending text: ErrFormat for a cell that is not a number, an empty cell, a
+// ragged row or binary data (a NUL byte in the first 512 bytes); ErrNonFinite for "nan", "inf" and numbers beyond the float64
 // range; ErrEmpty when there is no data row.
 func ReadCSV(r io.Reader, name string) (*Matrix, error) {
-	return readDelimited(r, name, ',')
+	return readDelimited(r, name, ',', 0)
 }
 
-func readDelimited(r io.Reader, name string, sep rune) (*Matrix, error) {
+// readDelimited reads sep-separated text; maxBytes > 0 also bounds the
+// parsed values (8 bytes each: up to 4 times the text), with ErrTooLarge.
+func readDelimited(r io.Reader, name string, sep rune, maxBytes int64) (*Matrix, error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	if b, err := br.Peek(3); err == nil && string(b) == "\ufeff" {
 		br.Discard(3)
+	}
+	// Text has no NUL bytes: binary input (/dev/zero, an unknown binary
+	// format) is refused at once rather than read as one endless line.
+	if b, _ := br.Peek(512); bytes.IndexByte(b, 0) >= 0 {
+		return nil, newReadError(name, ErrFormat, "binary data (a NUL byte at offset %d), not %s text", bytes.IndexByte(b, 0), map[rune]string{',': "CSV", '\t': "TSV"}[sep])
 	}
 	cr := csv.NewReader(br)
 	cr.Comma = sep
@@ -91,6 +99,9 @@ func readDelimited(r io.Reader, name string, sep rune) (*Matrix, error) {
 					Msg: fmt.Sprintf("line %d, column %d: %s", line, j+1, msg)}
 			}
 			m.Data = append(m.Data, v)
+		}
+		if maxBytes > 0 && int64(len(m.Data))*8 > maxBytes {
+			return nil, newReadError(name, ErrTooLarge, "line %d: the parsed values pass the limit of %d bytes (8 bytes per number); raise the limit to read it", line, maxBytes)
 		}
 		m.Rows++
 	}

@@ -148,8 +148,8 @@ func TestSelectColumns(t *testing.T) {
 		{"::-1", []int{3, 2, 1, 0}},
 		{"-1", []int{3}},
 		{"label,a", []int{3, 0}},
-		{"0:100", []int{0, 1, 2, 3}},
-		{"-100:2", []int{0, 1}},
+		{"0:4", []int{0, 1, 2, 3}},
+		{"-4:2", []int{0, 1}},
 		{"3:1:-1", []int{3, 2}},
 		{" 1 , 1 ", []int{1, 1}},
 		{"0:2,label", []int{0, 1, 3}},
@@ -177,7 +177,8 @@ func TestSelectColumns(t *testing.T) {
 			t.Errorf("%q: got %v %q, want %v %q", tc.spec, s.Data, s.Names, want, names)
 		}
 	}
-	for _, spec := range []string{"", "4", "-5", "nope", "0:4:0", "1:1", "a:b:c:d", "0:x", "0,,1"} {
+	// Out-of-range slice ends are refused, not clipped as Python clips them.
+	for _, spec := range []string{"", "4", "-5", "nope", "0:4:0", "1:1", "a:b:c:d", "0:x", "0,,1", "0:100", "-100:2", "5:", "::-1,0:99"} {
 		if _, err := m.SelectColumns(spec); !errors.Is(err, gdiv.ErrParam) {
 			t.Errorf("%q: got %v, want ErrParam", spec, err)
 		}
@@ -236,5 +237,47 @@ func checkReadMessage(t *testing.T, err error, name string, want []string) {
 		if !strings.Contains(msg, w) {
 			t.Errorf("message %q does not contain %q", msg, w)
 		}
+	}
+}
+
+// The byte limit: a stream exactly at the limit is read, one byte more is
+// ErrTooLarge (not a silent truncation), a larger regular file is refused
+// before reading; binary data is refused at once.
+func TestReadLimit(t *testing.T) {
+	text := "1.0000000000,2.0000000000\n3.0000000000,4.0000000000\n" // 52 bytes of text, 32 parsed
+	n := int64(len(text))
+	if m, err := ReadCSVLimit(strings.NewReader(text), "s", n); err != nil || m.Rows != 2 {
+		t.Errorf("at the limit: %v, %v", m, err)
+	}
+	if _, err := ReadCSVLimit(strings.NewReader(text), "s", n-1); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("one byte over: got %v, want ErrTooLarge", err)
+	}
+	p := filepath.Join(t.TempDir(), "m.csv")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadMatrixFileLimit(p, n-1); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "52 bytes") {
+		t.Errorf("file over the limit: got %v", err)
+	}
+	if _, err := ReadDatasetLimit(p, "", -1, n-1); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("dataset over the limit: got %v", err)
+	}
+	if m, err := ReadMatrixFileLimit(p, 0); err != nil || m.Rows != 2 {
+		t.Errorf("no limit: %v, %v", m, err)
+	}
+	if _, err := ReadCSV(strings.NewReader("1,2\n\x00\x00\x00"), "z"); !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "binary data") {
+		t.Errorf("NUL bytes: got %v", err)
+	}
+}
+
+// Parsed CSV takes 4 times its text ("1,2\n": 16 bytes of float64 from 4 of
+// text); the limit holds for the parsed values too.
+func TestReadLimitParsed(t *testing.T) {
+	text := strings.Repeat("1,2\n", 100)
+	if _, err := ReadCSVLimit(strings.NewReader(text), "s", 1000); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "parsed values") {
+		t.Errorf("got %v, want ErrTooLarge for the parsed values", err)
+	}
+	if m, err := ReadCSVLimit(strings.NewReader(text), "s", 1600); err != nil || m.Rows != 100 {
+		t.Errorf("at the limit: %v", err)
 	}
 }

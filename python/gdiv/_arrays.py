@@ -25,7 +25,18 @@ Before any address crosses, numpy arrays and torch tensors are checked: 2-D,
 dtype float32 or float64 in native byte order, C-contiguous, aligned, on the
 CPU, and writable for in-place calls. Problems raise ``TypeError`` (wrong
 type or dtype) or ``ValueError`` (everything else) naming the argument and
-the fix; nothing is copied silently for numpy and torch inputs.
+the fix; nothing is copied silently for numpy and torch inputs. Masked
+arrays (``numpy.ma``) are refused with ``TypeError``: Go would read the
+values under the mask and ignore the mask.
+
+Writability: a numpy array's ``flags.writeable`` is checked here. A torch
+tensor has no such flag — ``torch.from_numpy`` of a read-only array (a
+``numpy.load(..., mmap_mode="r")`` memmap) only warns, and
+``tensor.numpy().flags.writeable`` is True even then — so read-only memory
+behind a tensor cannot be seen from Python. The bridge catches it instead:
+the first write faults, Go turns the fault into a panic
+(``debug.SetPanicOnFault``) and the panic into :class:`gdiv.ParamError`
+naming ``grads``, before anything is written.
 
 The returned tuple's last element holds every object that must stay alive
 during the call (capsules, converted copies); callers keep the tuple in a
@@ -60,6 +71,19 @@ _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 def _dtype_error(what: str, dtype: object) -> TypeError:
     return TypeError(f"{what} has dtype {dtype}; gdiv accepts float32 or float64 (convert with .astype(numpy.float64) or .to(torch.float64), a copy)")
+
+
+def _masked_error(what: str) -> TypeError:
+    return TypeError(
+        f"{what} is a numpy masked array; gdiv would read the values under the mask and ignore it. "
+        f"Pass {what}.filled(value) or drop the masked rows (a plain ndarray)"
+    )
+
+
+def refuse_masked(x: Any, what: str) -> None:
+    """Raise TypeError for a numpy masked array (its mask would be ignored)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise _masked_error(what)
 
 
 def _numpy(x: np.ndarray, what: str, writable: bool, keep: Any) -> Operand:
@@ -162,7 +186,9 @@ def operand(x: Any, what: str = "grads", writable: bool = False) -> Operand:
         return _numpy(x, what, writable, x)
     if is_torch(x):
         return _torch(x, what, writable)
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray):  # a subclass (exact ndarrays took the first branch)
+        if isinstance(x, np.ma.MaskedArray):
+            raise _masked_error(what)
         return _numpy(x, what, writable, x)
     if writable:
         raise TypeError(
@@ -180,6 +206,8 @@ def operand(x: Any, what: str = "grads", writable: bool = False) -> Operand:
 
 def _converted(x: Any, what: str) -> Operand:
     """The documented copy for other array-likes."""
+    if isinstance(x, np.ma.MaskedArray) or any(isinstance(r, np.ma.MaskedArray) for r in (x if isinstance(x, (list, tuple)) else ())):
+        raise _masked_error(what)
     try:
         a = np.asarray(x)
     except Exception as e:  # numpy raises many types for ragged/odd input
@@ -208,6 +236,8 @@ def vector(x: Any, what: str, flatten: bool = False) -> Tuple[int, int, int, Any
             t = t.view(-1)
         kind, addr, _, n, _, _ = _torch(t.view(-1, 1), what, False)
         return kind, addr, n, x
+    if type(x) is not np.ndarray and isinstance(x, np.ma.MaskedArray):
+        raise _masked_error(what)
     if not isinstance(x, np.ndarray):
         x = _converted(np.asarray(x).reshape(-1, 1), what)[5].reshape(-1)
     a = x
@@ -236,6 +266,8 @@ def copy_of(x: Any, what: str = "grads") -> Any:
     (detached clone), Arrow → numpy (copied by Go), other → float numpy."""
     if is_torch(x):
         return x.detach().clone(memory_format=sys.modules["torch"].contiguous_format)
+    if isinstance(x, np.ma.MaskedArray):
+        raise _masked_error(what)
     if isinstance(x, np.ndarray):
         return np.array(x, order="C", copy=True)
     if is_arrow(x):

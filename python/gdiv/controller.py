@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import math
-import secrets
 from typing import Any, Dict, Optional
 
 from ._bridge import lib
 from ._results import Estimate
+from ._validate import check_float, check_int, check_seed
 from .errors import ParamError, translate
 from .policy import LR_RULES, BatchSizePolicy
 
@@ -49,24 +49,13 @@ def _join(hi: float, lo: float) -> int:
     return (int(hi) << 32) | int(lo)
 
 
-def _check_seed(seed: Any) -> int:
-    if seed is None:
-        return secrets.randbits(64)
-    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
-        raise ParamError(f"seed = {seed!r}: want an integer in [0, 2**64) or None")
-    s = int(seed.__index__())
-    if not 0 <= s < 2**64:
-        raise ParamError(f"seed = {seed!r}: want an integer in [0, 2**64) or None")
-    return s
-
-
 def step_seed(seed: int, step: int) -> int:
     """The seed of step k's mechanism draws (Go's ``gdiv.StepSeed``): a fixed
     function of (seed, k), so that a resumed run draws the same noise."""
     out = (ctypes.c_double * 2)()
-    hi, lo = _split(_check_seed(seed))
+    hi, lo = _split(check_seed(seed))
     try:
-        lib.ControllerStepSeed(hi, lo, int(step), _addressof(out))
+        lib.ControllerStepSeed(hi, lo, check_int("step", step), _addressof(out))
     except RuntimeError as e:
         raise translate(e) from None
     return _join(out[0], out[1])
@@ -180,18 +169,20 @@ class Controller:
             raise ParamError(f"loss_reduction = {loss_reduction!r}: want 'mean' or 'sum'")
         if lr_rule not in LR_RULES:
             raise ParamError(f"lr_rule = {lr_rule!r}: want one of {LR_RULES}")
-        for name, iv in (("batch_size", batch_size), ("dataset_size", dataset_size)):
-            if iv is not None and (isinstance(iv, bool) or not hasattr(iv, "__index__") or not 1 <= int(iv) <= 2**53):
-                raise ParamError(f"{name} = {iv!r}: want an integer ≥ 1 or None")
-        for name, fv in (("estimator_beta", estimator_beta), ("langevin_std", langevin_std)):
-            if isinstance(fv, bool) or not isinstance(fv, (int, float)) and not hasattr(fv, "__float__"):
-                raise ParamError(f"{name} = {fv!r}: want a real number")
-        auto = measure_every == "auto"
-        if not auto and (isinstance(measure_every, bool) or not isinstance(measure_every, int) or measure_every < 1):
-            raise ParamError(f"measure_every = {measure_every!r}: want an integer ≥ 1 or 'auto'")
-        if isinstance(max_measure_every, bool) or not isinstance(max_measure_every, int) or max_measure_every < 1:
-            raise ParamError(f"max_measure_every = {max_measure_every!r}: want an integer ≥ 1")
-        self.seed = _check_seed(seed)
+        # Settings cross as float64 (the config buffer): integers above 2**53 are refused.
+        if batch_size is not None:
+            batch_size = check_int("batch_size", batch_size, lo=1, f64=True)
+        if dataset_size is not None:
+            dataset_size = check_int("dataset_size", dataset_size, lo=1, f64=True)
+        estimator_beta = check_float("estimator_beta", estimator_beta)
+        langevin_std = check_float("langevin_std", langevin_std)
+        auto = isinstance(measure_every, str) and measure_every == "auto"
+        if not auto:
+            if isinstance(measure_every, str):
+                raise ParamError(f"measure_every = {measure_every!r}: want an integer ≥ 1 or 'auto'")
+            measure_every = check_int("measure_every", measure_every, lo=1, f64=True)
+        max_measure_every = check_int("max_measure_every", max_measure_every, lo=1, f64=True)
+        self.seed = check_seed(seed)
         self._settings = {
             "policy": policy,
             "batch_size": None if batch_size is None else int(batch_size),
@@ -397,6 +388,8 @@ class Controller:
             for i, k in enumerate(_CADENCE_KEYS):
                 buf[12 + i] = _real(k, state[k])
             factor = _real("lr_factor", state.get("lr_factor", 1.0))
+        except ParamError:
+            raise
         except (KeyError, TypeError) as e:
             raise ParamError(f"controller state: missing or malformed field {e}") from None
         try:
@@ -447,9 +440,9 @@ class EstimatorView:
 
 
 def _real(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-        raise ParamError(f"controller state {name} = {v!r}: want a number")
-    f = float(v)
-    if isinstance(v, int) and abs(v) > 2**53:
-        raise ParamError(f"controller state {name} = {v!r}: above 2**53")
-    return f
+    # A state field crosses as a float64: integers above 2**53 are refused
+    # (not rounded); Go checks that the integer fields are integers.
+    what = f"controller state {name}"
+    if not isinstance(v, float) and hasattr(type(v), "__index__"):
+        return float(check_int(what, v, f64=True, field=name))
+    return check_float(what, v, field=name)

@@ -24,6 +24,7 @@ __all__ = [
     "TooFewError",
     "ShapeError",
     "ParamError",
+    "ParamTypeError",
     "LabelError",
     "NullError",
     "ForkError",
@@ -84,6 +85,16 @@ class ShapeError(GdivError):
 
 class ParamError(GdivError):
     """A parameter is outside its valid range."""
+
+    code = "param"
+
+
+class ParamTypeError(ParamError, TypeError):
+    """A parameter of the wrong type (a bool or a float for an integer, a
+    string for a number). It is both a :class:`ParamError` and a
+    :class:`TypeError`, as numpy's ``AxisError`` is both a ``ValueError``
+    and an ``IndexError``: ``except TypeError`` and ``except
+    gdiv.ParamError`` both catch it. ``err.field`` names the parameter."""
 
     code = "param"
 

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._arrays import operand, vector
 from ._bridge import lib
 from ._results import Estimate
+from ._validate import check_float, check_int
 from .errors import NonFiniteError, ParamError, translate
 
 __all__ = [
@@ -52,14 +53,13 @@ _Buf12 = ctypes.c_double * 12
 _make = Estimate._make  # type: ignore[attr-defined]
 
 _REDUCTIONS = ("sum", "mean")
+_STATE_KEYS = ("beta", "steps", "ema_m2", "ema_g", "weight")  # the state buffer, in order
 
 
 def _dataset_size(n: Optional[int]) -> int:
     if n is None:
         return 0
-    if int(n) != n or int(n) < 1:
-        raise ParamError(f"gdiv: invalid parameter: dataset_size = {n!r}, want a positive integer or None")
-    return int(n)
+    return check_int("dataset_size", n, lo=1)
 
 
 def _reduction(r: str) -> bool:
@@ -148,7 +148,15 @@ def estimate_from_sums(batch_size: int, sum_sq_norms: float, sq_norm_of_sum: flo
         Estimate (batch = b).
     """
     out = _Buf6()
-    _call(lib.EstimateSums, 0, out, int(batch_size), _dataset_size(dataset_size), float(sum_sq_norms), float(sq_norm_of_sum))
+    _call(
+        lib.EstimateSums,
+        0,
+        out,
+        check_int("batch_size", batch_size),
+        _dataset_size(dataset_size),
+        check_float("sum_sq_norms", sum_sq_norms),
+        check_float("sq_norm_of_sum", sq_norm_of_sum),
+    )
     return _make(out[:])
 
 
@@ -173,8 +181,17 @@ def estimate_two_scale(b_small: int, sq_norm_small: float, b_big: int, sq_norm_b
         gdiv.NonFiniteError: a non-finite input.
     """
     out = _Buf6()
-    _call(lib.EstimateTwoScale, 0, out, int(b_small), float(sq_norm_small), int(b_big), float(sq_norm_big))
+    _call(lib.EstimateTwoScale, 0, out, *_two_scale_args(b_small, sq_norm_small, b_big, sq_norm_big))
     return _make(out[:])
+
+
+def _two_scale_args(b_small: Any, sq_norm_small: Any, b_big: Any, sq_norm_big: Any) -> tuple:
+    return (
+        check_int("b_small", b_small),
+        check_float("sq_norm_small", sq_norm_small),
+        check_int("b_big", b_big),
+        check_float("sq_norm_big", sq_norm_big),
+    )
 
 
 def batch_sums_from_scalars(
@@ -223,12 +240,12 @@ def batch_sums_from_scalars(
     try:
         lib.BatchSumsFromScalars(
             _addressof(out),
-            int(batch_size),
-            float(sum_sq_norms),
-            float(sq_norm_batch_grad),
+            check_int("batch_size", batch_size),
+            check_float("sum_sq_norms", sum_sq_norms),
+            check_float("sq_norm_batch_grad", sq_norm_batch_grad),
             _reduction(reduction),
-            float(norms_scale),
-            float(grad_scale),
+            check_float("norms_scale", norms_scale),
+            check_float("grad_scale", grad_scale),
         )
     except RuntimeError as e:
         raise translate(e) from None
@@ -270,7 +287,7 @@ class Estimator:
     def __init__(self, beta: float = 0.9, *, dataset_size: Optional[int] = None, on_nonfinite: str = "raise") -> None:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite = {on_nonfinite!r}; want 'raise' or 'skip'")
-        self._state = (ctypes.c_double * 5)(float(beta), 0.0, 0.0, 0.0, 0.0)
+        self._state = (ctypes.c_double * 5)(check_float("beta", beta), 0.0, 0.0, 0.0, 0.0)
         self._dataset_size = _dataset_size(dataset_size)
         self._skip = on_nonfinite == "skip"
         self.skipped = 0
@@ -322,28 +339,52 @@ class Estimator:
             "skipped": self.skipped,
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore a state returned by :meth:`state_dict` (validated by Go).
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state returned by :meth:`state_dict`.
+
+        Every field is checked first (types here, consistency by Go's
+        ``SetState``); only then is the state replaced, so a failed load
+        changes nothing.
 
         Raises:
-            gdiv.ParamError: an inconsistent state (negative steps, beta outside
-                [0, 1), weight outside (0, 1] after a step).
+            gdiv.ParamError: a missing, mistyped or inconsistent field —
+                negative steps or ema_m2, beta outside [0, 1), weight outside
+                (0, 1] after a step, a bad dataset_size or skipped;
+                ``err.field`` names it.
             gdiv.NonFiniteError: non-finite averages.
-            KeyError: a missing key.
         """
-        steps = state["steps"]
-        if int(steps) != steps:
-            raise ParamError(f"gdiv: invalid parameter: estimator state steps = {steps!r} is not an integer")
-        new = (ctypes.c_double * 5)(float(state["beta"]), float(steps), float(state["ema_m2"]), float(state["ema_g"]), float(state["weight"]))
-        old = self._state
-        self._state = new
+        if not isinstance(state, Mapping):
+            raise ParamError(f"estimator state must be a mapping (a dict from state_dict()), got {type(state).__name__}")
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            e = ParamError(f"estimator state: missing field {missing[0]!r} (a state_dict() has {', '.join(_STATE_KEYS)})")
+            e.field = missing[0]  # type: ignore[attr-defined]
+            raise e
+        # steps crosses as a float64 like the rest; Go refuses a non-integer.
+        new = (ctypes.c_double * 5)(*(check_float(k, state[k]) for k in _STATE_KEYS))
+        if not isinstance(state["steps"], float):
+            check_int("steps", state["steps"], f64=True)
+        dataset_size = _dataset_size(state.get("dataset_size"))
+        skipped = check_int("skipped", state.get("skipped", 0), lo=0)
+        out = _Buf6()
         try:
-            self._check()
-        except Exception:
-            self._state = old
-            raise
-        self._dataset_size = _dataset_size(state.get("dataset_size"))
-        self.skipped = int(state.get("skipped", 0))
+            lib.EstimatorSmoothed(_addressof(new), _addressof(out))
+        except RuntimeError as e:
+            raise translate(e) from None
+        # Everything is valid: swap.
+        self._state = new
+        self._dataset_size = dataset_size
+        self.skipped = skipped
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickling (and copy.deepcopy) goes through :meth:`state_dict`."""
+        return {"state": self.state_dict(), "on_nonfinite": "skip" if self._skip else "raise", "last": self.last}
+
+    def __setstate__(self, s: Dict[str, Any]) -> None:
+        st = s["state"]
+        self.__init__(st["beta"], dataset_size=st["dataset_size"], on_nonfinite=s["on_nonfinite"])  # type: ignore[misc]
+        self.load_state_dict(st)
+        self.last = s["last"]
 
     # -- updates -------------------------------------------------------------
 
@@ -408,7 +449,13 @@ class Estimator:
             return r
         if batch_size is None or sum_sq_norms is None or sq_norm_of_sum is None:
             raise ValueError("give batch_size, sum_sq_norms and sq_norm_of_sum together")
-        return self._update(lib.EstimateSums, int(batch_size), n, float(sum_sq_norms), float(sq_norm_of_sum))
+        return self._update(
+            lib.EstimateSums,
+            check_int("batch_size", batch_size),
+            n,
+            check_float("sum_sq_norms", sum_sq_norms),
+            check_float("sq_norm_of_sum", sq_norm_of_sum),
+        )
 
     def update_two_scale(self, b_small: int, sq_norm_small: float, b_big: int, sq_norm_big: float) -> Estimate:
         """Fold one two-scale estimate in (see :func:`estimate_two_scale`).
@@ -416,7 +463,7 @@ class Estimator:
         Returns:
             The smoothed estimate after the update.
         """
-        return self._update(lib.EstimateTwoScale, int(b_small), float(sq_norm_small), int(b_big), float(sq_norm_big))
+        return self._update(lib.EstimateTwoScale, *_two_scale_args(b_small, sq_norm_small, b_big, sq_norm_big))
 
     def __repr__(self) -> str:
         s = self.smoothed

@@ -20,7 +20,8 @@ expected diversity, eq. 6) and ``monte_carlo`` (an independent simulation
 with a standard error). Mechanisms raise the diversity when Δ ≤ 1
 (Theorem 9); above 1 they pull it toward 1.
 
-Seeds: ``seed`` is an integer in [0, 2**64); the Go source is PCG(seed, 0), the
+Seeds: ``seed`` is an integer in [0, 2**64) (numpy integers too; a bool or a
+float such as 1.5 is refused, never truncated); the Go source is PCG(seed, 0), the
 same as the CLI's ``gdiv dim --seed``. The same seed gives the same draws for
 float32 and float64 input (up to float32 rounding). ``seed=None`` draws a fresh
 seed from the operating system.
@@ -30,26 +31,17 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import secrets
 from typing import Any, ClassVar, Optional
 
 from ._arrays import bump_torch_version, copy_of, is_torch, operand
 from ._bridge import lib
 from ._results import Expectation, MonteCarloResult
+from ._validate import check_float, check_int, check_seed
 from .errors import translate
 
 __all__ = ["Mechanism", "Dropout", "Langevin", "Quantize"]
 
 _addressof = ctypes.addressof
-
-
-def _seed(seed: Optional[int]) -> int:
-    if seed is None:
-        return secrets.randbits(64)
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed = {seed} is outside [0, 2**64)")
-    return seed
 
 
 class Mechanism:
@@ -86,7 +78,7 @@ class Mechanism:
         """
         op = operand(grads, "grads", writable=True)
         try:
-            lib.MechanismApply(self._code, *self._params(), op[0], op[1], op[3], op[4], _seed(seed))
+            lib.MechanismApply(self._code, *self._params(), op[0], op[1], op[3], op[4], check_seed(seed))
         except RuntimeError as e:
             raise translate(e) from None
         if is_torch(grads):
@@ -147,7 +139,9 @@ class Mechanism:
         op = operand(grads)
         out = (ctypes.c_double * 6)()
         try:
-            lib.MechanismMonteCarlo(_addressof(out), self._code, *self._params(), op[0], op[1], op[2], op[3], op[4], int(samples), _seed(seed))
+            lib.MechanismMonteCarlo(
+                _addressof(out), self._code, *self._params(), op[0], op[1], op[2], op[3], op[4], check_int("samples", samples), check_seed(seed)
+            )
         except RuntimeError as e:
             raise translate(e) from None
         return MonteCarloResult._make(out[:])  # type: ignore[attr-defined]
@@ -177,7 +171,7 @@ class Dropout(Mechanism):
     _code: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "p", check_float("p", self.p))
         object.__setattr__(self, "rescale", bool(self.rescale))
         self._validate()
 
@@ -201,7 +195,7 @@ class Langevin(Mechanism):
     _code: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "std", float(self.std))
+        object.__setattr__(self, "std", check_float("std", self.std))
         self._validate()
 
     def _params(self) -> tuple:
@@ -222,7 +216,7 @@ class Langevin(Mechanism):
         """
         mean = _mean(reduction)
         try:
-            return lib.LangevinSumNoiseStd(self.std, int(batch_size), mean)
+            return lib.LangevinSumNoiseStd(self.std, check_int("batch_size", batch_size), mean)
         except RuntimeError as e:
             raise translate(e) from None
 
@@ -239,7 +233,9 @@ class Langevin(Mechanism):
             gdiv.NonFiniteError: a NaN or infinite sum.
         """
         try:
-            return lib.LangevinExpectedSumSqNorms(self.std, float(sum_sq_norms), int(batch_size), int(dim))
+            return lib.LangevinExpectedSumSqNorms(
+                self.std, check_float("sum_sq_norms", sum_sq_norms), check_int("batch_size", batch_size), check_int("dim", dim)
+            )
         except RuntimeError as e:
             raise translate(e) from None
 
@@ -265,11 +261,7 @@ class Quantize(Mechanism):
     _code: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        if int(self.levels) != self.levels or int(self.levels) < 1:
-            from .errors import ParamError
-
-            raise ParamError(f"gdiv: invalid parameter: quantize levels = {self.levels}, want an integer ≥ 1")
-        object.__setattr__(self, "levels", int(self.levels))
+        object.__setattr__(self, "levels", check_int("levels", self.levels, lo=1))
         self._validate()
 
     def _params(self) -> tuple:

@@ -6,7 +6,10 @@ arrays) recorded, against the number of examples processed:
 
 * the loss, when the history has one (the monitor's ``loss`` if you passed
   ``step(loss=...)``; the reference trainer's full loss ``loss``), on a log
-  scale when it is positive;
+  scale when it is positive. A history with an ``evaluated`` column (the
+  reference trainer's, which carries the last full loss forward between
+  evaluations) has its loss drawn at the evaluated steps only, not as flat
+  segments through the others;
 * the smoothed batch-size bound estimate B̂_S and the batch size actually
   used, on a log scale. Steps with no signal (Ĝ ≤ 0, B̂_S = +Inf) have no
   point on the B̂_S line.
@@ -63,6 +66,16 @@ def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> tuple:
     return px, py
 
 
+def _evaluated_loss(cols: Dict[str, List[Any]]) -> List[Any]:
+    """The loss column, None where the history says the step was not
+    evaluated (its loss is a carried-forward copy)."""
+    loss = cols.get("loss", [])
+    ev = cols.get("evaluated")
+    if ev is None:
+        return loss
+    return [v if bool(e) else None for v, e in zip(loss, ev)]
+
+
 def history(history: Union[History, Mapping[str, History]], path: Union[str, Path], *, title: Optional[str] = None) -> Path:
     """Write a PNG of one or several training histories.
 
@@ -116,7 +129,7 @@ def history(history: Union[History, Mapping[str, History]], path: Union[str, Pat
         ax = axes[0]
         positive = True
         for j, (label, cols) in enumerate(runs.items()):
-            px, py = _finite(xs(cols), cols.get("loss", []))
+            px, py = _finite(xs(cols), _evaluated_loss(cols))
             if px:
                 ax.plot(px, py, color=colors[j % len(colors)], lw=1.2, label=label or "loss")
                 positive = positive and min(py) > 0

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import ctypes
 import math
-import operator
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._bridge import lib
+from ._validate import check_float, check_int
 from .errors import ParamError, translate
 
 __all__ = ["BatchSizePolicy", "LR_RULES"]
@@ -53,18 +53,10 @@ _addressof = ctypes.addressof
 
 
 def _int(name: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} = {v!r}: want an integer, not a bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} = {v!r}: want an integer") from None
+    return check_int(name, v, f64=True)  # the policy layout is float64
 
 
-def _float(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-        raise TypeError(f"{name} = {v!r}: want a real number")
-    return float(v)
+_float = check_float
 
 
 def _encode(
@@ -119,12 +111,17 @@ def _estimate_fields(estimate: Any) -> Tuple[float, float, float, bool]:
         get = estimate.get
         if "batch_bound" not in estimate:
             raise ValueError("estimate: the mapping has no 'batch_bound' key")
-        return float(get("m2", 0.0)), float(get("g", 0.0)), float(estimate["batch_bound"]), bool(get("no_signal", False))
+        return (
+            check_float("m2", get("m2", 0.0)),
+            check_float("g", get("g", 0.0)),
+            check_float("batch_bound", estimate["batch_bound"]),
+            bool(get("no_signal", False)),
+        )
     if hasattr(estimate, "batch_bound"):
         return (
-            float(getattr(estimate, "m2", 0.0)),
-            float(getattr(estimate, "g", 0.0)),
-            float(estimate.batch_bound),
+            check_float("m2", getattr(estimate, "m2", 0.0)),
+            check_float("g", getattr(estimate, "g", 0.0)),
+            check_float("batch_bound", estimate.batch_bound),
             bool(getattr(estimate, "no_signal", False)),
         )
     raise TypeError(f"estimate is a {type(estimate).__qualname__}; want a gdiv.Estimate, a mapping with 'batch_bound' (and 'no_signal'), or a number")

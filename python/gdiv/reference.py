@@ -66,16 +66,17 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-import operator
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._arrays import KIND_ARROW, operand
+from ._arrays import KIND_ARROW, operand, refuse_masked
 from ._bridge import lib
 from ._results import Estimate
+from ._validate import check_float, check_int, check_seed
 from .controller import Controller
-from .errors import ParamError, ShapeError, translate
+from .errors import ParamError, ParamTypeError, ShapeError, translate
 from .mechanisms import Mechanism
 from .policy import BatchSizePolicy
 
@@ -137,28 +138,17 @@ def _choice(name: str, value: Any, names: Sequence[str]) -> int:
 
 
 def _int(name: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} = {v!r}: want an integer, not a bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} = {v!r}: want an integer") from None
+    return check_int(name, v, f64=True)  # settings cross in float64 buffers
 
 
-def _float(name: str, v: Any) -> float:
-    if isinstance(v, (bool, str)) or v is None:
-        raise TypeError(f"{name} = {v!r}: want a real number")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} = {v!r}: want a real number") from None
+_float = check_float
 
 
 def _seed(seed: Any) -> int:
-    s = _int("seed", seed)
-    if not 0 <= s < 2**64:
-        raise ValueError(f"seed = {s} is outside [0, 2**64)")
-    return s
+    # The reference trainer is deterministic: None (a random seed) is refused.
+    if seed is None:
+        raise ParamTypeError("seed = None: want an integer in [0, 2**64) (the reference trainer is always seeded)")
+    return check_seed(seed)
 
 
 # ------------------------------------------------------------------ problems --
@@ -216,7 +206,27 @@ def _classes_for(problem: Any, classes: Any, y: Optional[np.ndarray]) -> int:
     return max(2, int(math.floor(min(float(finite.max()), 2.0**31))) + 1)
 
 
+def _progress_fd(progress: Any) -> int:
+    """The descriptor Go prints progress on (sys.stderr's), or −1 for none."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ParamTypeError(f"progress = {progress!r}: want True, False or None (on a terminal)")
+    err = sys.stderr
+    try:
+        fd = err.fileno()
+    except (AttributeError, OSError, ValueError):  # a StringIO, a notebook's stream
+        fd = -1
+    if progress is None:
+        progress = fd >= 0 and err.isatty()
+    if not progress:
+        return -1
+    if fd < 0:
+        fd = 2  # no descriptor behind sys.stderr: the process's standard error
+    err.flush()  # earlier Python output first
+    return fd
+
+
 def _labels(y: Any, n: int) -> np.ndarray:
+    refuse_masked(y, "y")
     if isinstance(y, np.ndarray) and y.dtype == np.float64 and y.ndim == 1 and y.flags.c_contiguous and y.flags.aligned:
         a = y  # zero copy
     else:
@@ -258,6 +268,7 @@ class _Data:
 
 
 def _weights(w: Any, what: str, n_params: int) -> np.ndarray:
+    refuse_masked(w, what)
     try:
         a = np.asarray(w)
     except Exception as e:
@@ -271,6 +282,7 @@ def _weights(w: Any, what: str, n_params: int) -> np.ndarray:
 
 
 def _indices(indices: Any, n: int) -> np.ndarray:
+    refuse_masked(indices, "indices")
     try:
         a = np.asarray(indices)
     except Exception as e:
@@ -389,18 +401,36 @@ class ParamLayout:
             for L in self.layers
         }
 
-    def to_torch_state(self, w: Any) -> Dict[str, np.ndarray]:
-        """A state dict (numpy float64 arrays, C-contiguous copies) for the
-        torch model of :meth:`torch_keys`; load it with
-        ``model.load_state_dict({k: torch.from_numpy(v) for k, v in s.items()})``
-        (convert dtypes as needed). Without intercepts there are no bias
-        keys: build the layers with ``bias=False``."""
+    def to_torch_state(self, w: Any, *, dtype: Any = None) -> Dict[str, Any]:
+        """A state dict for the torch model of :meth:`torch_keys`:
+        ``model.load_state_dict(layout.to_torch_state(w))`` loads it.
+
+        Args:
+            w: the flat parameter vector (n_params,).
+            dtype: the tensors' torch dtype (default torch.float64, Go's
+                precision; ``load_state_dict`` converts to the model's own
+                dtype either way).
+
+        Returns:
+            {key: torch.Tensor}, CPU tensors with memory of their own (not
+            views of w). Without intercepts there are no bias keys: build
+            the layers with ``bias=False``. :meth:`unpack` gives numpy
+            arrays instead.
+
+        Raises:
+            ImportError: torch is not installed.
+            gdiv.ShapeError: w is not (n_params,).
+        """
+        import torch
+
         a = self._check(w)
-        out: Dict[str, np.ndarray] = {}
+        out: Dict[str, Any] = {}
         for L, (wk, bk) in zip(self.layers, self.torch_keys()):
-            out[wk] = np.ascontiguousarray(L.weight(a))
+            out[wk] = torch.from_numpy(np.array(L.weight(a), order="C", copy=True))
             if L.bias:
-                out[bk] = np.ascontiguousarray(L.bias_of(a))
+                out[bk] = torch.from_numpy(np.array(L.bias_of(a), order="C", copy=True))
+        if dtype is not None:
+            out = {k: v.to(dtype) for k, v in out.items()}
         return out
 
     def from_torch_state(self, state: Dict[str, Any]) -> np.ndarray:
@@ -779,6 +809,7 @@ def train(
     eval_every: int = 0,
     record_indices: bool = False,
     classes: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> TrainResult:
     """Train with Go's reference mini-batch SGD (``train.SGD``).
 
@@ -823,6 +854,11 @@ def train(
         record_indices: keep every batch's example indices in
             :attr:`TrainResult.batches` (to replay the run elsewhere).
         classes: K for softmax and mlp (None: max(y) + 1).
+        progress: print about twenty progress lines during the run, the
+            same lines as ``gdiv train`` ("train:  45.0%  step ..."), on
+            standard error (written by Go to ``sys.stderr``'s file
+            descriptor). None (default): only when standard error is a
+            terminal; False: never.
 
     Returns:
         TrainResult.
@@ -858,6 +894,7 @@ def train(
     n_steps = 0 if steps is None else _int("steps", steps)
     n_examples = 0 if examples is None else _int("examples", examples)
     record = bool(record_indices)
+    fd = _progress_fd(progress)
     s = _seed(seed)
     settings = (ctypes.c_double * 9)(
         _float("lr", lr),
@@ -900,6 +937,7 @@ def train(
         0 if idx is None else idx.ctypes.data,
         cap_idx,
         summary.ctypes.data,
+        fd,
     )
     rows = hist[:n_done]
     history = {name: np.array(rows[:, j], dtype=_HISTORY_DTYPES.get(name, np.float64)) for j, name in enumerate(HISTORY_FIELDS)}

@@ -116,6 +116,17 @@ def test_bad_state_is_refused_atomically(key, value, field):
     assert ctl.state_dict() == before
 
 
+@pytest.mark.parametrize("key, value", [("ema_m2", -5.0), ("steps", "many"), ("weight", None), ("beta", 2**53 + 1)])
+def test_bad_estimator_state_is_refused_atomically(key, value):
+    ctl = gdiv.Controller(policy=gdiv.BatchSizePolicy(max_batch=64), seed=1)
+    ctl.observe(4, 3.0, 1.0)
+    before = ctl.state_dict()
+    bad = dict(before, estimator=dict(before["estimator"], **{key: value}))
+    with pytest.raises(gdiv.ParamError, match=key):
+        ctl.load_state_dict(bad)
+    assert ctl.state_dict() == before
+
+
 @pytest.mark.parametrize(
     "kw, field",
     [

@@ -166,6 +166,116 @@ def test_load_state_dict_rejects_bad_state():
     assert est.state_dict() == good  # unchanged after failures
 
 
+def _trained(rng, n=5, **kw):
+    est = gdiv.Estimator(0.9, **kw)
+    for _ in range(n):
+        est.update(rng.normal(0.5, 1.0, size=(8, 3)))
+    return est
+
+
+@pytest.mark.parametrize(
+    "field, value, err",
+    [
+        ("ema_m2", -5, gdiv.ParamError),
+        ("ema_m2", float("inf"), gdiv.NonFiniteError),
+        ("ema_g", float("nan"), gdiv.NonFiniteError),
+        ("beta", 1.0, gdiv.ParamError),
+        ("steps", -1, gdiv.ParamError),
+        ("weight", 2.0, gdiv.ParamError),
+        ("steps", "many", gdiv.ParamError),  # a bare int() error before
+        ("ema_m2", "x", gdiv.ParamError),  # a bare float() error before
+        ("beta", None, gdiv.ParamError),
+        ("weight", [1.0], gdiv.ParamError),
+        ("dataset_size", 0, gdiv.ParamError),
+        ("dataset_size", 2.5, gdiv.ParamError),
+        ("skipped", "many", gdiv.ParamError),
+        ("skipped", -1, gdiv.ParamError),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, type) else v.__name__,
+)
+def test_load_state_dict_names_the_bad_field(rng, field, value, err):
+    est = _trained(rng, dataset_size=100)
+    before = est.state_dict()
+    with pytest.raises(err) as e:
+        est.load_state_dict(dict(before, **{field: value}))
+    assert getattr(e.value, "field", None) == field, e.value
+    assert est.state_dict() == before  # atomic: nothing changed
+
+
+def test_negative_ema_m2_never_gives_a_negative_bound(rng):
+    est = _trained(rng)
+    with pytest.raises(gdiv.ParamError, match="ema_m2"):
+        est.load_state_dict(dict(est.state_dict(), ema_m2=-5))
+    assert est.smoothed.batch_bound > 0
+
+
+def test_load_state_dict_missing_or_not_a_dict(rng):
+    est = _trained(rng)
+    before = est.state_dict()
+    sd = dict(before)
+    del sd["ema_g"]
+    with pytest.raises(gdiv.ParamError, match="ema_g") as e:
+        est.load_state_dict(sd)
+    assert e.value.field == "ema_g"
+    with pytest.raises(gdiv.ParamError, match="mapping"):
+        est.load_state_dict([1, 2, 3])  # type: ignore[arg-type]
+    assert est.state_dict() == before
+
+
+def test_failed_load_leaves_state_unchanged_fuzz(rng):
+    """Property: whatever a tampered state holds, load_state_dict either
+    succeeds or raises a gdiv error, and a failure changes nothing."""
+    est = _trained(rng, n=7, dataset_size=50)
+    values = [
+        -5,
+        -1e-300,
+        0,
+        0.5,
+        1,
+        1.5,
+        2**53 + 1,
+        1e308,
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        True,
+        None,
+        "3",
+        [],
+        np.float32(0.25),
+        np.int64(-2),
+    ]
+    keys = list(est.state_dict())
+    for _ in range(400):
+        before = est.state_dict()
+        bad = dict(before)
+        for k in rng.choice(keys, size=int(rng.integers(1, 4)), replace=False):
+            bad[str(k)] = values[int(rng.integers(len(values)))]
+        if rng.random() < 0.1:
+            del bad[keys[int(rng.integers(len(keys)))]]
+        try:
+            est.load_state_dict(bad)
+        except gdiv.GdivError:
+            assert est.state_dict() == before, bad
+        else:
+            assert est.state_dict()["steps"] >= 0 and est.state_dict()["ema_m2"] >= 0
+            est.load_state_dict(before)  # back to a trained state for the next round
+
+
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_estimator_pickles_through_its_state(rng, copier):
+    import copy
+    import pickle
+
+    est = _trained(rng, dataset_size=100, on_nonfinite="skip")
+    est.update(np.array([[np.nan, 1.0], [1.0, 1.0]]))  # one skipped batch
+    twin = pickle.loads(pickle.dumps(est)) if copier == "pickle" else copy.deepcopy(est)
+    assert twin.state_dict() == est.state_dict() and twin.skipped == 1 and twin.last == est.last
+    g = rng.normal(0.5, 1.0, size=(8, 3))
+    assert twin.update(g) == est.update(g)
+    assert twin.update(np.array([[np.nan, 1.0], [1.0, 1.0]])) == est.smoothed  # still skips
+
+
 def test_nonfinite_raise_or_skip():
     bad = np.array([[1.0, np.nan], [0.0, 1.0]])
     good = np.array([[1.0, 0.5], [0.5, 1.0]])

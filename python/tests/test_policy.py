@@ -188,6 +188,13 @@ def test_next_errors():
         p.next(4, 5.0, -1)
     with pytest.raises(gdiv.ParamError, match="NaN"):
         p.next(4, math.nan, 0)
+    # A negative batch bound is a caller's bug, not a small batch size (Go's
+    # CheckNext refuses it and names the argument).
+    for bad in (-5.0, -math.inf, {"batch_bound": -1e-9}):
+        with pytest.raises(gdiv.ParamError, match="batch_bound") as e:
+            p.next(8, bad, 0)
+        assert e.value.field == "batch_bound"
+    assert p.next(8, 0.0, 0) >= 1 and p.next(8, math.inf, 0) >= 8
     with pytest.raises(TypeError):
         p.next(4.5, 5.0, 0)
     with pytest.raises(TypeError):

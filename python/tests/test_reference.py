@@ -160,7 +160,8 @@ def test_param_layout_loads_into_torch(problem, rng):
     else:
         model = nn.Linear(5, 3 if problem == "softmax" else 1).double()
     state = lay.to_torch_state(w)
-    model.load_state_dict({key: torch.from_numpy(v) for key, v in state.items()})
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 for v in state.values())
+    model.load_state_dict(state)  # torch tensors, as load_state_dict wants
     z = model(torch.from_numpy(X))
     yt = torch.from_numpy(np.asarray(y))
     if problem == "logistic":
@@ -182,13 +183,12 @@ def test_param_layout_descriptions():
     w = np.arange(15.0)
     np.testing.assert_array_equal(L.weight(w), [[0, 1, 2, 3], [5, 6, 7, 8], [10, 11, 12, 13]])
     np.testing.assert_array_equal(L.bias_of(w), [4, 9, 14])
-    assert set(lay.to_torch_state(w)) == {"weight", "bias"}
     np.testing.assert_array_equal(lay.pack(lay.unpack(w)), w)
 
     m = ref.param_layout("mlp", 4, 3, hidden=5, intercept=False)
     assert m.n_params == 5 * 4 + 3 * 5
     assert [(L.name, L.offset, L.size) for L in m.layers] == [("hidden", 0, 20), ("output", 20, 15)]
-    assert set(m.to_torch_state(np.zeros(35))) == {"0.weight", "2.weight"}
+    assert set(m.unpack(np.zeros(35))) == {"hidden", "output"}
     assert "mlp: 35 parameters" in str(m)
 
     for problem, n_params in (("leastsquares", 5), ("logistic", 5)):
@@ -197,6 +197,28 @@ def test_param_layout_descriptions():
         ref.param_layout("softmax", 4)
     with pytest.raises(ValueError, match="problem"):
         ref.param_layout("svm", 4)
+    with pytest.raises(gdiv.ShapeError):
+        lay.unpack(np.zeros(14))
+
+
+@needs_torch
+def test_to_torch_state_is_what_load_state_dict_takes():
+    nn = torch.nn
+    lay = ref.param_layout("softmax", 4, 3)
+    w = np.arange(15.0)
+    state = lay.to_torch_state(w)
+    assert set(state) == {"weight", "bias"} and all(isinstance(v, torch.Tensor) for v in state.values())
+    model = nn.Linear(4, 3)  # float32: load_state_dict converts
+    model.load_state_dict(state)
+    np.testing.assert_array_equal(model.weight.detach().numpy(), [[0, 1, 2, 3], [5, 6, 7, 8], [10, 11, 12, 13]])
+    np.testing.assert_array_equal(model.bias.detach().numpy(), [4, 9, 14])
+    state["weight"][0, 0] = 99.0
+    assert w[0] == 0.0  # copies, not views of w
+    assert lay.to_torch_state(w, dtype=torch.float32)["bias"].dtype == torch.float32
+    m = ref.param_layout("mlp", 4, 3, hidden=5, intercept=False)
+    state = m.to_torch_state(np.zeros(35))
+    assert set(state) == {"0.weight", "2.weight"}
+    nn.Sequential(nn.Linear(4, 5, bias=False), nn.Tanh(), nn.Linear(5, 3, bias=False)).load_state_dict(state)
     with pytest.raises(gdiv.ShapeError):
         lay.to_torch_state(np.zeros(14))
 
@@ -553,3 +575,42 @@ def test_threads_run_independent_trainings():
     assert not errors, errors
     for s in seeds:
         np.testing.assert_array_equal(got[s], want[s])
+
+
+# ---------------------------------------------------------------- progress --
+
+
+def test_train_progress_on_stderr(capfd):
+    X, y = make_data(60, 4, 3)
+    ref.train(X, y, lr=0.05, batch=4, steps=200, progress=True)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("train: ")]
+    assert 2 <= len(lines) <= 22 and "100.0%" in lines[-1] and "step    200" in lines[-1], err
+    ref.train(X, y, lr=0.05, batch=4, steps=50, progress=False)
+    ref.train(X, y, lr=0.05, batch=4, steps=50)  # default: stderr is not a terminal here
+    assert "train: " not in capfd.readouterr().err
+    with pytest.raises(TypeError, match="progress"):
+        ref.train(X, y, lr=0.05, batch=4, steps=5, progress="yes")
+
+
+# -------------------------------------------------------------------- plots --
+
+
+def test_plot_history_draws_only_evaluated_losses(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    import gdiv.plot
+
+    X, y = make_data(60, 4, 3)
+    res = ref.train(X, y, lr=0.05, batch=4, steps=40, eval_every=10)
+    ev = res.history["evaluated"]
+    assert 0 < ev.sum() < len(ev)  # some steps carry the loss forward
+    drawn = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(self), real_savefig(self, *a, **k))[1])
+    gdiv.plot.history(res.history, tmp_path / "h.png")
+    (line,) = drawn[0].axes[0].get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), res.history["examples"][ev])
+    np.testing.assert_array_equal(line.get_ydata(), res.history["loss"][ev])
+    assert (tmp_path / "h.png").stat().st_size > 0

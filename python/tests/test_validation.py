@@ -294,3 +294,88 @@ def test_arrow_rejects_variable_lists():
 def test_arrow_rejects_in_place():
     with pytest.raises(TypeError, match="immutable"):
         gdiv.Dropout(0.5).apply_(pyarrow_matrix(np.ones((2, 2))), seed=1)
+
+
+# -- read-only and masked memory ---------------------------------------------
+
+_READ_ONLY_CHILD = r"""
+import sys, warnings
+import numpy as np
+import gdiv
+path = sys.argv[1]
+np.save(path, np.ones((4, 8)))
+{setup}
+try:
+    gdiv.Dropout(0.5).apply_(x, seed=1)
+except gdiv.ParamError as e:
+    assert e.field == "grads", e.field
+    assert (np.asarray(src) == 1).all()  # nothing was written
+    print("refused:", e)
+else:
+    print("no error")
+"""
+
+
+def _run_child(tmp_path, setup):
+    import subprocess
+    import sys
+
+    code = _READ_ONLY_CHILD.replace("{setup}", setup)
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "g.npy")], capture_output=True, text=True, timeout=120)
+
+
+@needs_torch
+def test_torch_over_read_only_memmap_is_refused_not_a_crash(tmp_path):
+    # torch.from_numpy of a read-only memmap only warns; the tensor looks
+    # writable (tensor.numpy().flags.writeable is True). It used to SIGSEGV
+    # inside Go, so the call runs in a child process.
+    proc = _run_child(
+        tmp_path,
+        "import torch\nsrc = np.load(path, mmap_mode='r')\nwith warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')\n    x = torch.from_numpy(src)",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused:" in proc.stdout and "read-only" in proc.stdout, proc.stdout
+    assert "grads" in proc.stdout
+
+
+def test_numpy_read_only_memmap_is_refused_in_python(tmp_path):
+    np.save(tmp_path / "g.npy", np.ones((4, 8)))
+    x = np.load(tmp_path / "g.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="read-only"):
+        gdiv.Dropout(0.5).apply_(x)
+    assert gdiv.Dropout(0.5).apply(x, seed=1).shape == (4, 8)  # a copy is fine
+
+
+@needs_torch
+def test_torch_after_a_read_only_refusal_the_process_works(tmp_path):
+    proc = _run_child(
+        tmp_path,
+        "import torch\nsrc = np.load(path, mmap_mode='r')\nwith warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')\n    x = torch.from_numpy(src)\n"
+        "try:\n    gdiv.Dropout(0.5).apply_(x)\nexcept gdiv.ParamError:\n    pass\n"
+        "y = torch.ones(4, 8, dtype=torch.float64)\ngdiv.Dropout(0.5).apply_(y, seed=1)\nassert (y == 0).any()",
+    )
+    assert proc.returncode == 0 and "refused:" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: gdiv.stats(m),
+        lambda m: gdiv.estimate(m),
+        lambda m: gdiv.Dropout(0.5).apply_(m),
+        lambda m: gdiv.Dropout(0.5).apply(m),
+        lambda m: gdiv.Dropout(0.5).expected(m),
+        lambda m: gdiv.Estimator().update(m),
+        lambda m: gdiv.estimate_from_norms(m[:, 0], np.ones(3)),
+        lambda m: gdiv.reference.train(np.ones((4, 3)), m[:, 0], problem="leastsquares", lr=0.1, batch=2, steps=1),
+        lambda m: gdiv.stats([m[0], m[1], m[2], m[3]]),
+    ],
+    ids=["stats", "estimate", "apply_", "apply", "expected", "update", "norms", "reference-y", "list-of-rows"],
+)
+def test_masked_arrays_are_refused(call):
+    m = np.ma.masked_array(np.arange(12.0).reshape(4, 3), mask=np.zeros((4, 3), bool))
+    m[1, 2] = np.ma.masked
+    with pytest.raises(TypeError, match="masked array"):
+        call(m)

@@ -43,6 +43,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sized, Union
 import torch
 from torch.utils.data import Sampler
 
+from .._validate import check_seed
+
 __all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler"]
 
 _STATE_VERSION = 1
@@ -94,10 +96,7 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
         if generator is not None and seed is not None:
             raise ValueError("AdaptiveBatchSampler: give a generator or a seed, not both")
         if generator is None:
-            if seed is None:
-                seed = secrets.randbits(63)
-            elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-                raise ValueError(f"AdaptiveBatchSampler: seed must be an integer in [0, 2**64) or None, got {seed!r}")
+            seed = secrets.randbits(63) if seed is None else check_seed(seed)
             generator = torch.Generator().manual_seed(seed)
         self.n = n
         self.monitor = monitor

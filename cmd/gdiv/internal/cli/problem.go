@@ -15,13 +15,14 @@ import (
 // ProblemFlags select a data set and a problem; gdiv train and the
 // experiments share them.
 type ProblemFlags struct {
-	Data, Label, Positive string  // --data, --label, --positive
-	Classes               int     // --classes (-1: infer)
-	NoStandardize         bool    // --no-standardize
-	Problem               string  // --problem
-	Hidden                int     // --hidden
-	Activation            string  // --activation
-	L2                    float64 // --l2
+	Data, Label, Positive string    // --data, --label, --positive
+	Classes               int       // --classes (-1: infer)
+	NoStandardize         bool      // --no-standardize
+	Problem               string    // --problem
+	Hidden                int       // --hidden
+	Activation            string    // --activation
+	L2                    float64   // --l2
+	MaxBytes              *ByteSize // --max-bytes
 }
 
 // AddProblemFlags defines the problem flags on fs, with --problem defaulting
@@ -37,7 +38,26 @@ func AddProblemFlags(fs *flag.FlagSet, defProblem string) *ProblemFlags {
 	fs.IntVar(&f.Hidden, "hidden", 32, "MLP hidden units")
 	fs.StringVar(&f.Activation, "activation", "tanh", "MLP activation")
 	fs.Float64Var(&f.L2, "l2", 1e-4, "L2 regularization")
+	f.MaxBytes = AddMaxBytes(fs)
 	return f
+}
+
+// ProblemBytes is about what training the problem the flags name on a data
+// set of d features and k classes holds in memory: 8 float64 vectors of its
+// parameters (weights, initial weights, the next step, the gradient sum and
+// scratch) and the MLP's hidden-unit scratch.
+func (f *ProblemFlags) ProblemBytes(d, k int) (params, bytes float64) {
+	fd, fk, fh := float64(d), float64(max(k, 1)), float64(f.Hidden)
+	switch f.Problem {
+	case "mlp":
+		params = fh*(fd+1) + fk*(fh+1)
+		return params, 8 * (8*params + 3*fh)
+	case "leastsquares", "logistic":
+		params = fd + 1
+	default:
+		params = fk * (fd + 1)
+	}
+	return params, 8 * 8 * params
 }
 
 // Dataset loads and prepares the data set the flags name.
@@ -56,11 +76,7 @@ func (f *ProblemFlags) Dataset() (*data.Dataset, error) {
 		if _, statErr := os.Stat(f.Data); statErr != nil && !strings.ContainsAny(f.Data, "./") {
 			return nil, Usagef("unknown data set %q: want %s or a file", f.Data, strings.Join(data.BuiltinNames(), ", "))
 		}
-		if f.Classes >= 0 {
-			ds, err = data.ReadDatasetClasses(f.Data, f.Label, f.Classes)
-		} else {
-			ds, err = data.ReadDataset(f.Data, f.Label)
-		}
+		ds, err = data.ReadDatasetLimit(f.Data, f.Label, f.Classes, int64(*f.MaxBytes))
 	}
 	if err != nil {
 		return nil, err
