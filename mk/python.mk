@@ -21,7 +21,7 @@ T         ?= .
 GO_SRC    := $(shell find gdiv pybridge -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 DEV_STAMP := python/gdiv/.dev-build
 
-.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step bench-ddp py-clean dev dev-test lint lint-fix
+.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step bench-ddp validate-policy py-clean dev dev-test lint lint-fix
 
 venv: $(VENV)/.gdiv-deps ## create .venv with the pinned Python build, test, bench and lint dependencies
 
@@ -83,3 +83,6 @@ py-clean:
 
 bench-ddp: py-install ## DDP step on 2 ranks (gloo): plain vs gdiv norms vs two_scale, collectives per step (table + PNG; BENCH_DDP_ARGS=--quick)
 	$(VPY) bench/bench_ddp.py $(BENCH_DDP_ARGS)
+
+validate-policy: py-install ## does the adaptive batch hurt? 5 model/data pairs, fixed vs adaptive, simulated P=8 wall clock (table + PNG; VALIDATE_ARGS=--quick)
+	$(VPY) bench/validate_policy.py $(VALIDATE_ARGS)
