@@ -23,7 +23,8 @@ Methods (mean-reduced cross-entropy, plain SGD, lr η per pair at batch 16):
 
 Columns: steps, final train loss and test accuracy (mean ± sd over seeds),
 mean batch, the largest loss spike (the full training loss, evaluated 30
-times per run, over the lowest it had been before; 1.00 = never rose), and a
+times per run, over the running mean of its previous three evaluations;
+1.00 = never rose), and a
 **simulated wall clock on P = 8 workers**:
 Σ over steps of c(B), c(B) the measured time of one plain step (forward,
 backward, SGD step) at the local batch ⌈B/8⌉ on this machine, interpolated
@@ -213,14 +214,14 @@ def train_run(pair: Dict[str, Any], method: Dict[str, Any], seed: int, passes: f
     tl, ta = evaluate(model, xt, yt)
     curve.append((examples, tl))
     vl, va = evaluate(model, xv, yv)
-    spike, best = 1.0, math.inf
-    for _, lv in curve:
-        if not math.isfinite(lv):
+    spike = 1.0
+    losses = [lv for _, lv in curve]
+    for t in range(1, len(losses)):
+        if not math.isfinite(losses[t]):
             spike = math.inf
             break
-        if best < math.inf:
-            spike = max(spike, lv / best)
-        best = min(best, lv)
+        running = statistics.fmean(losses[max(0, t - 3) : t])  # the previous three evaluations
+        spike = max(spike, losses[t] / running)
     return {"steps": steps, "examples": examples, "batches": batches, "train_loss": tl, "test_acc": va, "spike": spike, "curve": curve}
 
 
@@ -273,8 +274,8 @@ def verdict(row: Dict[str, Any], small: Dict[str, Any], delta: float = 1.0) -> s
 
 def summarize(runs: List[Dict[str, Any]], cm: Dict[int, float]) -> Dict[str, Any]:
     def ms(key):
-        vals = [r[key] for r in runs]
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        vals = np.array([r[key] for r in runs], dtype=float)  # NaN for a diverged run
+        return float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
 
     return {
         "steps": statistics.fmean(r["steps"] for r in runs),

@@ -274,3 +274,39 @@ def test_ground_truth_go_trainer_reproduces_the_ddp_run(tmp_path):
             assert np.all(np.abs(have[fin] - want[fin]) <= 1e-9 * np.abs(want[fin])), (problem, key)
         w, wg = np.asarray(got["weights"]), go.weights
         assert np.linalg.norm(w - wg) <= 1e-9 * np.linalg.norm(wg), problem
+
+
+def test_two_node_torchrun_on_localhost(tmp_path):
+    """Two torchrun launchers (two "nodes", one rank each) meeting at a c10d
+    rendezvous on localhost: the multi-node command the README gives."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {"batch": 8, "adaptive": True, "steps": 5, "multiple_of": 2}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "gdiv-test",
+             os.path.join(HERE, "_ddp_worker.py"), "--out", str(tmp_path), "--cfg", json.dumps(cfg)],  # fmt: skip
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=180)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert identical(r0["records"], r1["records"])
+    assert_same_run(r0, _ddp_worker.train(cfg, 0, 0))
