@@ -91,18 +91,24 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
     if cfg.get("adaptive"):
         pol = gdiv.BatchSizePolicy(min_batch=4, max_batch=48, multiple_of=cfg.get("multiple_of", 1), warmup=cfg.get("warmup", 2))
     red = cfg.get("reduction", "mean")
-    mon = DiversityMonitor(
-        net,
-        optimizer=opt,
-        policy=pol,
-        loss_reduction=red,
-        batch_size=cfg["batch"],
-        dataset_size=N,
-        estimator_beta=0.5,
-        seed=5,
-        measure_every=cfg.get("measure_every", 1),
-        mode=cfg.get("mode", "norms"),
-    )
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = DiversityMonitor(
+            model if cfg.get("monitor_inner") else net,
+            process_group=dist.group.WORLD if cfg.get("process_group") == "world" else cfg.get("process_group", "auto"),
+            optimizer=opt,
+            policy=pol,
+            loss_reduction=red,
+            batch_size=cfg["batch"],
+            dataset_size=N,
+            estimator_beta=0.5,
+            seed=5,
+            measure_every=cfg.get("measure_every", 1),
+            mode=cfg.get("mode", "norms"),
+        )
+    warned = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if world:
         sampler = DistributedAdaptiveBatchSampler(N, mon, replacement=cfg.get("replacement", False), seed=3)
     else:
@@ -153,6 +159,7 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
         "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "policy": None if mon.policy is None else mon.policy.state_dict(),
         "saved": saved,
+        "warned": warned,
     }
 
 

@@ -310,3 +310,20 @@ def test_two_node_torchrun_on_localhost(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert identical(r0["records"], r1["records"])
     assert_same_run(r0, _ddp_worker.train(cfg, 0, 0))
+
+
+def test_monitoring_the_inner_module_warns_and_process_group_makes_it_global(tmp_path):
+    """A monitor on the module inside DDP cannot see the process group: it
+    warns (its decisions would be the rank's own); process_group=WORLD makes
+    them global again, as the DDP wrapper's."""
+    cfg = {"batch": 8, "steps": 3}
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    res = ok(*spawn(2, dict(cfg, monitor_inner=True), inner))
+    assert any("not a DistributedDataParallel" in w for w in res[0]["warned"])
+    world = tmp_path / "world"
+    world.mkdir()
+    got = ok(*spawn(2, dict(cfg, monitor_inner=True, process_group="world", adaptive=True, multiple_of=2, steps=6), world))
+    assert got[0]["warned"] == []
+    assert identical(got[0]["records"], got[1]["records"])
+    assert_same_run(got[0], _ddp_worker.train(dict(cfg, adaptive=True, multiple_of=2, steps=6), 0, 0))

@@ -13,6 +13,7 @@ measured gradients to the global batch's, and Go converts.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -95,11 +96,21 @@ def resolve(model: nn.Module, process_group: Any) -> Optional[DataParallel]:
     if isinstance(process_group, str):
         if process_group != "auto":
             raise ValueError(f"DiversityMonitor: process_group must be 'auto', None or a process group, got {process_group!r}")
-        if not _is_ddp(model):
-            return None
         import torch.distributed as dist
 
         if not dist.is_available() or not dist.is_initialized():
+            return None
+        if not _is_ddp(model):
+            if dist.get_world_size() > 1:
+                warnings.warn(
+                    f"DiversityMonitor: torch.distributed is initialized ({dist.get_world_size()} ranks) but the model is "
+                    f"not a DistributedDataParallel ({type(model).__name__}): this rank measures and decides alone, "
+                    "and the ranks' batch sizes may differ. Monitor the DDP wrapper, or pass "
+                    "process_group=torch.distributed.group.WORLD if the gradients are averaged over it; "
+                    "process_group=None silences this",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return None
         return DataParallel(getattr(model, "process_group", None))
     if process_group is None:
