@@ -286,11 +286,14 @@ def test_two_node_torchrun_on_localhost(tmp_path):
         port = s.getsockname()[1]
     cfg = {"batch": 8, "adaptive": True, "steps": 5, "multiple_of": 2}
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable, "-m", "torch.distributed.run"]
+    script = [os.path.join(HERE, "_ddp_worker.py"), "--out", str(tmp_path), "--cfg", json.dumps(cfg)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
-             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "gdiv-test",
-             os.path.join(HERE, "_ddp_worker.py"), "--out", str(tmp_path), "--cfg", json.dumps(cfg)],  # fmt: skip
+            launch
+            + ["--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", "--rdzv_backend", "c10d"]
+            + ["--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "gdiv-test"]
+            + script,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
