@@ -10,6 +10,7 @@ Used by test_torch_ddp.py through multiprocessing (``run``) and as a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -137,8 +138,11 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
             micro = cfg.get("micro", 1)  # gradient accumulation: equal micro-batches, each mean loss / micro
             m = len(idx) // micro
             for j in range(micro):
-                loss = loss_of(cfg, net(xb[j * m : (j + 1) * m]), yb[j * m : (j + 1) * m], red)
-                (loss / micro if red == "mean" else loss).backward()
+                # DDP: all-reduce on the last micro-batch only (no_sync), as users write it
+                sync = net.no_sync() if world and j < micro - 1 else contextlib.nullcontext()
+                with sync:
+                    loss = loss_of(cfg, net(xb[j * m : (j + 1) * m]), yb[j * m : (j + 1) * m], red)
+                    (loss / micro if red == "mean" else loss).backward()
             rec = mon.step(loss=loss)
             records.append(rec)
             local.append(len(idx))

@@ -124,6 +124,19 @@ def test_ddp_on_a_cnn_and_a_third_party_transformer(model, tmp_path):
     assert_same_run(res[0], _ddp_worker.train(cfg, 0, 0), rel=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["norms", "two_scale"])
+def test_ddp_gradient_accumulation_with_no_sync(mode, tmp_path):
+    """2 ranks × 2 micro-batches (no_sync on the first), each mean loss / 2:
+    one batch of the global size — the one-process run with the whole batch
+    (norms), or with the 4 shares as micro-batches (two_scale)."""
+    cfg = {"batch": 16, "adaptive": True, "steps": 8, "multiple_of": 4, "micro": 2, "mode": mode}
+    res = ok(*spawn(2, cfg, tmp_path))
+    assert identical(res[0]["records"], res[1]["records"])
+    one = _ddp_worker.train(dict(cfg, micro=1 if mode == "norms" else 4), 0, 0)
+    got = dict(res[0], records=[dict(r, loss=None) for r in res[0]["records"]])
+    assert_same_run(got, dict(one, records=[dict(r, loss=None) for r in one["records"]]))
+
+
 def test_ddp_rounds_the_policy_to_the_world_size(tmp_path):
     """A policy with multiple_of=1 under 2 ranks decides multiples of 2."""
     cfg = {"batch": 8, "adaptive": True, "steps": 8, "multiple_of": 1}
