@@ -207,6 +207,8 @@ assert find_norm_rule(Conv1D(3, 2)) is mine
 assert find_norm_rule(nn.Linear(2, 3)) is not mine
 print("ok")
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    # the gdiv this test imported (installed, or the checkout built in place)
+    here = str(Path(gdiv.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
