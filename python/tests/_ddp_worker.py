@@ -137,6 +137,13 @@ def train(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             micro = cfg.get("micro", 1)  # gradient accumulation: equal micro-batches, each mean loss / micro
             m = len(idx) // micro
+            if cfg.get("cap"):  # a per-device cap: weighted micro-batches of unequal sizes
+                from gdiv.torch import micro_batches
+
+                for (xm, ym), w in micro_batches((xb, yb), cfg["cap"], model=net if world else None, monitor=mon):
+                    loss = loss_of(cfg, net(xm), ym, red)
+                    (loss * w if red == "mean" else loss).backward()
+                micro = 0
             for j in range(micro):
                 # DDP: all-reduce on the last micro-batch only (no_sync), as users write it
                 sync = net.no_sync() if world and j < micro - 1 else contextlib.nullcontext()

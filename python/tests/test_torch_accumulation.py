@@ -113,3 +113,32 @@ def test_standalone_norms_still_describe_the_last_pass():
         x, y = data(k, seed=k)
         F.cross_entropy(model(x), y, reduction="sum").backward()
     assert pen.sq_norms().shape == (5,)
+
+
+def test_micro_batches_under_a_memory_cap_are_one_batch():
+    """micro_batches(batch, 4): 10 examples as 4+3+3, each mean loss weighted
+    by its size — the norms and .grad of one pass over the 10."""
+    from gdiv.torch import micro_batches
+
+    x, y = data(10)
+    model = mlp()
+    mon = DiversityMonitor(model, estimator_beta=0.0)
+    sizes = []
+    for (xm, ym), w in micro_batches((x, y), 4, model=model, monitor=mon):
+        sizes.append(len(xm))
+        (F.cross_entropy(model(xm), ym) * w).backward()
+    assert sizes == [4, 3, 3]
+    rec = mon.step()
+    want_sum_sq, want_sq_sum = loop_sums(model, x, y)
+    assert rec["batch"] == 10
+    assert rec["sum_sq_norms"] == pytest.approx(want_sum_sq, rel=1e-10)
+    assert rec["sq_norm_of_sum"] == pytest.approx(want_sq_sum, rel=1e-10)
+    # without the monitor's knowledge the same unequal split is refused
+    for xm, ym in ((x[:4], y[:4]), (x[4:], y[4:])):
+        (F.cross_entropy(model(xm), ym) / 2).backward()
+    with pytest.raises(Exception, match="micro_batches"):
+        mon.step()
+    with pytest.raises(ValueError, match="max_size"):
+        next(micro_batches(x, 0))
+    with pytest.raises(ValueError, match="differ"):
+        next(micro_batches((x, y[:3]), 4))

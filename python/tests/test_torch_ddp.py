@@ -137,6 +137,17 @@ def test_ddp_gradient_accumulation_with_no_sync(mode, tmp_path):
     assert_same_run(got, dict(one, records=[dict(r, loss=None) for r in one["records"]]))
 
 
+def test_ddp_with_a_per_device_cap_accumulates_weighted_micro_batches(tmp_path):
+    """Global batch 20 on 2 ranks under max 4 examples per device: each rank
+    runs 4+3+3 (micro_batches, no_sync) — the one-process run with batch 20."""
+    cfg = {"batch": 20, "steps": 4, "cap": 4}
+    res = ok(*spawn(2, cfg, tmp_path))
+    assert identical(res[0]["records"], res[1]["records"])
+    one = _ddp_worker.train(dict(cfg, cap=None), 0, 0)
+    strip = lambda run: dict(run, records=[dict(r, loss=None) for r in run["records"]])  # noqa: E731
+    assert_same_run(strip(res[0]), strip(one))
+
+
 def test_ddp_rounds_the_policy_to_the_world_size(tmp_path):
     """A policy with multiple_of=1 under 2 ranks decides multiples of 2."""
     cfg = {"batch": 8, "adaptive": True, "steps": 8, "multiple_of": 1}

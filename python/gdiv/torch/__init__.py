@@ -18,7 +18,9 @@ Training loops (Go core through ``gdiv``):
 * :class:`AdaptiveBatchSampler` — a DataLoader ``batch_sampler`` whose
   batches follow the monitor's batch size (with or without replacement).
 * :class:`DistributedAdaptiveBatchSampler` — the same global batches on
-  every rank of a DDP job, each rank yielding its equal share.
+  every rank of a DDP job, each rank yielding its equal share;
+  :func:`micro_batches` splits a batch under a per-device memory cap into
+  weighted micro-batches (gradient accumulation).
 
 Modules: ``capture`` (norms mode), ``full`` (full mode), ``rules`` (the rule
 table, one module per layer family, ``rules.fused_conv``), ``fallback`` (the
@@ -32,12 +34,13 @@ from .errors import CaptureError, NormsError, UnsupportedModuleError
 from .full import per_example_grads, trainable_parameters
 from .monitor import RECORD_FIELDS, DiversityMonitor
 from .rules import RuleContext, find_norm_rule, register_norm_rule, registered_norm_rules
-from .sampler import AdaptiveBatchSampler, DistributedAdaptiveBatchSampler
+from .sampler import AdaptiveBatchSampler, DistributedAdaptiveBatchSampler, micro_batches
 
 __all__ = [
     "DiversityMonitor",
     "AdaptiveBatchSampler",
     "DistributedAdaptiveBatchSampler",
+    "micro_batches",
     "RECORD_FIELDS",
     "PerExampleNorms",
     "per_example_grads",

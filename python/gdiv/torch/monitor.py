@@ -237,6 +237,7 @@ class DiversityMonitor:
         self._base_lrs: Optional[List[float]] = None
         self._lr_batch: Optional[int] = None
         self._lr_factor = 1.0
+        self._weighted_micro = False  # set by micro_batches(): micro-batch losses weighted by size this step
         self._force_lr = False
         self._pending: Optional[Tuple[Tensor, int, Optional[float]]] = None
         self._noise = NoiseDraws()
@@ -428,7 +429,7 @@ class DiversityMonitor:
             self._params_key = key
         return self._params
 
-    def _measure_norms(self, loss: Any) -> Tuple[int, Dict[str, Any], Optional[int], Any]:
+    def _measure_norms(self, loss: Any, weighted: bool = False) -> Tuple[int, Dict[str, Any], Optional[int], Any]:
         """Norms mode: read the capture (every micro-batch since the last
         step), reduce on the device, all-reduce over the ranks (one
         collective under DDP), one host copy.
@@ -442,12 +443,13 @@ class DiversityMonitor:
         finally:
             norms.reset()  # one step per backward: a second step() is an error
         mean = self.loss_reduction == "mean"
-        if mean and len(set(sizes)) > 1:
+        if mean and len(set(sizes)) > 1 and not weighted:
             raise CaptureError(
                 f"gdiv.torch: the {len(sizes)} micro-batches accumulated since the last monitor.step() have {sizes} "
                 "examples; with a mean loss per micro-batch their examples weigh unequally in .grad, so the norms "
-                "cannot be those of one batch. Use micro-batches of equal size (DataLoader(drop_last=True)) or a "
-                "sum-reduced loss"
+                "cannot be those of one batch. Use micro-batches of equal size (DataLoader(drop_last=True)), "
+                "gdiv.torch.micro_batches(batch, max_size, monitor=monitor) (which weighs each loss by its size), "
+                "or a sum-reduced loss"
             )
         batch = int(raw.shape[0])
         s_norm, s_grad = self._grad_scale()
@@ -635,6 +637,7 @@ class DiversityMonitor:
                 ``PerExampleNorms.sq_norms``).
             gdiv.NonFiniteError: NaN/Inf gradients with on_nonfinite="raise".
         """
+        weighted, self._weighted_micro = self._weighted_micro, False  # micro_batches() said so for this step
         if self._local is not None:
             if inputs is not None or targets is not None:
                 raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
@@ -662,7 +665,7 @@ class DiversityMonitor:
         else:
             if inputs is not None or targets is not None:
                 raise ValueError("DiversityMonitor.step: inputs/targets are for mode='full'")
-            batch, kw, seed, loss = self._measure_norms(loss)
+            batch, kw, seed, loss = self._measure_norms(loss, weighted)
         return self._decide(batch, kw, seed, loss)
 
     def _decide(self, batch: int, kw: Dict[str, Any], seed: Optional[int], loss: Any) -> Dict[str, Any]:

@@ -37,6 +37,7 @@ sizes, and :meth:`AdaptiveBatchSampler.state_dict` resumes mid-pass.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import Any, Dict, Iterator, List, Optional, Sized, Union
 
@@ -45,7 +46,7 @@ from torch.utils.data import Sampler
 
 from .._validate import check_seed
 
-__all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler"]
+__all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler", "micro_batches"]
 
 _STATE_VERSION = 1
 
@@ -320,3 +321,46 @@ def _gloo(dp: Any) -> bool:
         return dist.get_backend(dp.group) == "gloo"
     except Exception:  # noqa: BLE001 — unknown backends: the CPU
         return True
+
+
+def micro_batches(batch: Any, max_size: int, *, model: Any = None, monitor: Any = None) -> Iterator[Any]:
+    """Split one (local) batch into micro-batches of at most ``max_size``
+    examples for gradient accumulation — the per-device memory cap — with
+    each micro-batch's loss weight, so that ``.grad`` is the whole batch's
+    mean gradient whatever the sizes.
+
+    Yields ``(micro, weight)`` for k = ⌈n/max_size⌉ micro-batches whose
+    sizes differ by at most one; ``micro`` has the structure of ``batch`` (a
+    tensor, or a tuple/list of tensors, batch first), ``weight`` = its size
+    / n. Multiply each micro-batch's mean loss by ``weight`` and backward it:
+    every example then weighs 1/n, as in one pass over the batch. With a
+    DDP ``model``, every backward but the last runs under
+    ``model.no_sync()`` (one all-reduce per batch). With the ``monitor``,
+    unequal micro-batches are accepted for this step (norms mode: the
+    weights make them one batch; two_scale still needs equal ones).
+
+    Example:
+        >>> for (xm, ym), w in micro_batches((x, y), 64, model=ddp, monitor=monitor):
+        ...     (F.cross_entropy(ddp(xm), ym) * w).backward()
+        >>> rec = monitor.step()   # one batch of len(x) local examples
+    """
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"micro_batches: max_size must be an integer ≥ 1, got {max_size!r}")
+    parts = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+    if not parts or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in parts):
+        raise TypeError("micro_batches: batch must be a tensor or a tuple/list of tensors, batch first")
+    n = int(parts[0].shape[0])
+    if n < 1 or any(int(t.shape[0]) != n for t in parts):
+        raise ValueError(f"micro_batches: the tensors' batch sizes differ or are 0: {[int(t.shape[0]) for t in parts]}")
+    k = -(-n // max_size)
+    sizes = [n // k + (1 if j < n % k else 0) for j in range(k)]
+    if monitor is not None:
+        monitor._weighted_micro = True
+    start = 0
+    for j, m in enumerate(sizes):
+        chunk = [t[start : start + m] for t in parts]
+        micro: Any = tuple(chunk) if isinstance(batch, tuple) else chunk if isinstance(batch, list) else chunk[0]
+        start += m
+        sync = model.no_sync() if model is not None and j < k - 1 and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            yield micro, m / n
