@@ -20,6 +20,8 @@ Methods (mean-reduced cross-entropy, plain SGD, lr η per pair at batch 16):
                        decision, lr rule "linear"), estimator β = 0.9, shuffled epochs
   adaptive, adascale   the same with lr_rule="adascale" (AdaScale's gain ratio)
   adaptive+Langevin    the defaults with gdiv.Langevin(0.05)
+  adaptive, burn-in 10 the defaults with warmup=10: no decision before the β = 0.9
+                       EMA has folded 1/(1 − β) = 10 batches (a candidate default)
 
 Columns: steps, final train loss and test accuracy (mean ± sd over seeds),
 mean batch, the largest loss spike (the full training loss, evaluated 30
@@ -156,6 +158,7 @@ METHODS: Dict[str, Dict[str, Any]] = {
     "adaptive": dict(policy={}),
     "adaptive, adascale": dict(policy={"lr_rule": "adascale"}),
     "adaptive+Langevin": dict(policy={}, mechanism=0.05),
+    "adaptive, burn-in 10": dict(policy={"warmup": 10}),
 }
 
 
