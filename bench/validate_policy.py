@@ -22,6 +22,7 @@ Methods (mean-reduced cross-entropy, plain SGD, lr η per pair at batch 16):
   adaptive+Langevin    the defaults with gdiv.Langevin(0.05)
   adaptive, burn-in 10 the defaults with warmup=10: no decision before the β = 0.9
                        EMA has folded 1/(1 − β) = 10 batches (a candidate default)
+  adaptive, max lr 4×  the defaults with max_lr_factor=4: the lr never above 4η
 
 Columns: steps, final train loss and test accuracy (mean ± sd over seeds),
 mean batch, the largest loss spike (the full training loss, evaluated 30
@@ -159,6 +160,7 @@ METHODS: Dict[str, Dict[str, Any]] = {
     "adaptive, adascale": dict(policy={"lr_rule": "adascale"}),
     "adaptive+Langevin": dict(policy={}, mechanism=0.05),
     "adaptive, burn-in 10": dict(policy={"warmup": 10}),
+    "adaptive, max lr 4×": dict(policy={}, max_lr_factor=4.0),
 }
 
 
@@ -184,7 +186,9 @@ def train_run(pair: Dict[str, Any], method: Dict[str, Any], seed: int, passes: f
     if "policy" in method:
         policy = gdiv.BatchSizePolicy(min_batch=16, max_batch=min(1024, n), **method["policy"])
         mech = gdiv.Langevin(method["mechanism"]) if method.get("mechanism") else None
-        mon = gdiv.torch.DiversityMonitor(model, optimizer=opt, policy=policy, mechanism=mech, dataset_size=n, seed=seed)
+        mon = gdiv.torch.DiversityMonitor(
+            model, optimizer=opt, policy=policy, mechanism=mech, dataset_size=n, seed=seed, max_lr_factor=method.get("max_lr_factor")
+        )
         sampler = gdiv.torch.AdaptiveBatchSampler(n, mon, replacement=False, seed=seed)
     else:
         sampler = gdiv.torch.AdaptiveBatchSampler(n, _Fixed(min(method["batch"], n)), replacement=False, seed=seed)

@@ -64,6 +64,11 @@ type ControllerSettings struct {
 	// LR is the learning-rate rule of a MeanStep loop (SGD passes
 	// Policy.LR). It must be LRNone with SumStep.
 	LR LRRule
+	// MaxLRFactor caps the LR factor of a MeanStep loop: the learning rate
+	// never exceeds MaxLRFactor × the initial one, whatever the rule and
+	// the batch (the step the curvature allows does not grow with the
+	// batch). 0 means no cap; otherwise ≥ 1.
+	MaxLRFactor float64
 	// LangevinStd σ ≥ 0: the trainer adds Langevin noise N(0, σ²I) per
 	// example, summed over the batch and added once to the batch gradient
 	// (Decision.NoiseStd); the controller corrects Σ‖g_i‖² by its
@@ -263,6 +268,8 @@ func NewController(s ControllerSettings) (*Controller, error) {
 		return nil, fieldErr("estimator_beta", "estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
 	case s.Batch < 0:
 		return nil, fieldErr("batch_size", "batch size = %d, want ≥ 1", s.Batch)
+	case s.MaxLRFactor != 0 && !(s.MaxLRFactor >= 1 && !math.IsInf(s.MaxLRFactor, 1)):
+		return nil, fieldErr("max_lr_factor", "max LR factor = %v, want a finite factor ≥ 1 (0 or None: no cap)", s.MaxLRFactor)
 	}
 	if err := s.Cadence.validate(); err != nil {
 		return nil, err
@@ -377,7 +384,8 @@ func (c *Controller) SetState(s ControllerState) error {
 // SumStep), B₀ the first observed batch (batch itself before the first
 // observation). It panics if batch < 1.
 //
-// With LRAdaScale it is AdaScaleGain(B₀, batch, smoothed estimate): the
+// It is at most MaxLRFactor (when set). With LRAdaScale it is
+// AdaScaleGain(B₀, batch, smoothed estimate): the
 // estimate before this step's observation (1 before the first estimate),
 // so that the rate of a step is known before its gradient, as for the
 // other rules.
@@ -389,13 +397,19 @@ func (c *Controller) LRFactor(batch int) float64 {
 	if b0 == 0 {
 		b0 = batch
 	}
-	if c.set.LR == LRAdaScale {
-		if c.est.Steps() == 0 {
-			return 1
-		}
-		return AdaScaleGain(b0, batch, c.est.Smoothed())
+	var f float64
+	switch {
+	case c.set.LR != LRAdaScale:
+		f = ScaleLR(c.set.LR, 1, b0, batch)
+	case c.est.Steps() == 0:
+		f = 1
+	default:
+		f = AdaScaleGain(b0, batch, c.est.Smoothed())
 	}
-	return ScaleLR(c.set.LR, 1, b0, batch)
+	if c.set.MaxLRFactor > 0 {
+		f = min(f, c.set.MaxLRFactor)
+	}
+	return f
 }
 
 // ScaleLR returns lr0·LRFactor(batch): the learning rate of a step with the

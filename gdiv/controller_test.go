@@ -407,3 +407,30 @@ func equalInts(a, b []int) bool {
 	}
 	return true
 }
+
+// TestControllerMaxLRFactor: the cap bounds every rule's factor; 0 is no
+// cap; below 1 or infinite is refused naming the field.
+func TestControllerMaxLRFactor(t *testing.T) {
+	for _, rule := range []LRRule{LRLinear, LRSqrt} {
+		c, err := NewController(ControllerSettings{Step: MeanStep, LR: rule, MaxLRFactor: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Observe(Observation{Batch: 8, SumSqNorms: 4, SqNormBatchGrad: 9}); err != nil {
+			t.Fatal(err)
+		}
+		if f := c.LRFactor(8 * 16); f != 3 {
+			t.Errorf("%v at 16× the batch: factor %v, want the cap 3", rule, f)
+		}
+		if f, want := c.LRFactor(16), ScaleLR(rule, 1, 8, 16); f != want {
+			t.Errorf("%v below the cap: factor %v, want %v", rule, f, want)
+		}
+	}
+	for _, bad := range []float64{0.5, -1, math.Inf(1), math.NaN()} {
+		_, err := NewController(ControllerSettings{Step: MeanStep, LR: LRLinear, MaxLRFactor: bad})
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "max_lr_factor" {
+			t.Errorf("max LR factor %v: %v, want a max_lr_factor field error", bad, err)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 //	cfg[15]    Langevin std (0: none)              cfg[16:18] seed, high and low halves
 //	cfg[18]    cadence: measure every k steps (0, 1: every step)
 //	cfg[19]    1 for the adaptive cadence           cfg[20] its max interval (0: 16)
+//	cfg[21]    max LR factor (0: no cap)
 //
 //	state[0:5]  estimator state (stateLen layout)
 //	state[5:10] batch, steps, examples, decisions, first batch
@@ -35,7 +36,7 @@ import (
 //	out[19]    diversity (NaN: unknown)             out[20] skip code (gdiv.Skip)
 //	out[21]    1 if the cadence measures the next step
 const (
-	ctrlCfgLen   = 21
+	ctrlCfgLen   = 22
 	ctrlStateLen = 14
 	ctrlInLen    = 12
 	ctrlOutLen   = 22
@@ -80,7 +81,7 @@ func readController(cfg uintptr) (*gdiv.Controller, error) {
 	s := gdiv.ControllerSettings{
 		Batch: ints[1], DatasetSize: ints[2], Sampling: gdiv.Sampling(ints[3]),
 		EstimatorBeta: v[12], Step: gdiv.StepRule(ints[4]), LR: gdiv.LRRule(ints[5]),
-		LangevinStd: v[15], Seed: seed,
+		LangevinStd: v[15], Seed: seed, MaxLRFactor: v[21],
 		Cadence: gdiv.Cadence{Every: ints[6], Auto: ints[7] != 0, MaxEvery: ints[8]},
 	}
 	if ints[0] != 0 {

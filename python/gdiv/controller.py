@@ -24,7 +24,7 @@ from .policy import LR_RULES, BatchSizePolicy
 
 __all__ = ["Controller", "Decision", "EstimatorView", "SKIP_REASONS", "step_seed"]
 
-_CFG, _STATE, _IN, _OUT = 21, 14, 12, 22
+_CFG, _STATE, _IN, _OUT = 22, 14, 12, 22
 _CfgBuf = ctypes.c_double * _CFG
 _StateBuf = ctypes.c_double * _STATE
 _InBuf = ctypes.c_double * _IN
@@ -129,7 +129,11 @@ class Controller:
             replacement: the finite-population estimator).
         estimator_beta: EMA decay in [0, 1) of the ratio-of-EMAs estimate.
         loss_reduction: "mean" or "sum" (the LR rule applies to "mean" only).
-        lr_rule: "none", "linear" or "sqrt" ("none" with a sum loss).
+        lr_rule: "none", "linear", "sqrt" or "adascale" ("none" with a
+            sum loss).
+        max_lr_factor: None, or a cap ≥ 1 on the LR factor: the learning
+            rate never exceeds max_lr_factor × the initial one, whatever the
+            rule and the batch.
         langevin_std: σ ≥ 0 of Langevin noise added once to the summed
             gradient (norms mode); 0 for none.
         seed: base seed of the per-step mechanism seeds (None draws one).
@@ -160,6 +164,7 @@ class Controller:
         seed: Optional[int] = None,
         measure_every: Any = 1,
         max_measure_every: int = 16,
+        max_lr_factor: Optional[float] = None,
     ) -> None:
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
@@ -182,6 +187,12 @@ class Controller:
                 raise ParamError(f"measure_every = {measure_every!r}: want an integer ≥ 1 or 'auto'")
             measure_every = check_int("measure_every", measure_every, lo=1, f64=True)
         max_measure_every = check_int("max_measure_every", max_measure_every, lo=1, f64=True)
+        if max_lr_factor is not None:
+            max_lr_factor = check_float("max_lr_factor", max_lr_factor)
+            if max_lr_factor == 0:  # Go's "no cap"; in Python that is None
+                err = ParamError("max_lr_factor: max_lr_factor = 0: want a factor ≥ 1, or None for no cap")
+                err.field = "max_lr_factor"  # type: ignore[attr-defined]
+                raise err
         self.seed = check_seed(seed)
         self._settings = {
             "policy": policy,
@@ -194,6 +205,7 @@ class Controller:
             "langevin_std": float(langevin_std),
             "measure_every": measure_every,
             "max_measure_every": max_measure_every,
+            "max_lr_factor": max_lr_factor,
         }
         cfg = _CfgBuf()
         if policy is not None:
@@ -210,6 +222,7 @@ class Controller:
         cfg[18] = 0.0 if auto else float(measure_every)
         cfg[19] = 1.0 if auto else 0.0
         cfg[20] = float(max_measure_every)
+        cfg[21] = 0.0 if max_lr_factor is None else float(max_lr_factor)
         state = _StateBuf()
         pol = _PolBuf()
         try:

@@ -168,3 +168,25 @@ def test_adascale_factor_is_the_gain_of_the_estimate_before_the_step():
     assert 1 < d2.lr_factor < s
     with pytest.raises(gdiv.ParamError, match="adascale"):
         pol.scale_lr(0.1, 8, 16)
+
+
+def test_max_lr_factor_caps_the_rule():
+    pol = gdiv.BatchSizePolicy(min_batch=8, max_batch=128)
+    ctl = gdiv.Controller(policy=pol, loss_reduction="mean", lr_rule="linear", batch_size=8, max_lr_factor=4, seed=0)
+    ctl.observe(8, 40.0, 100.0)
+    assert ctl.observe(64, 40.0, 100.0).lr_factor == 4.0  # 8× the batch, capped at 4
+    assert ctl.observe(16, 40.0, 100.0).lr_factor == 2.0  # below the cap: the rule's
+    for bad in (0, 0.5, float("inf"), float("nan")):
+        with pytest.raises(gdiv.ParamError) as e:
+            gdiv.Controller(loss_reduction="mean", lr_rule="linear", max_lr_factor=bad)
+        assert e.value.field == "max_lr_factor"
+
+
+def test_monitor_passes_max_lr_factor_through():
+    torch = pytest.importorskip("torch")
+    from gdiv.torch import DiversityMonitor
+
+    m = torch.nn.Linear(3, 2)
+    mon = DiversityMonitor(m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), policy=gdiv.BatchSizePolicy(max_batch=64), max_lr_factor=2.5)
+    assert mon.controller.settings["max_lr_factor"] == 2.5
+    assert mon.state_dict()["controller"] is not None

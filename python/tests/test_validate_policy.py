@@ -30,10 +30,19 @@ def test_validate_policy_smoke(tmp_path):
     res = json.loads((tmp_path / "validate_policy.json").read_text())
     (pair,) = res.values()
     rows = pair["rows"]
-    assert set(rows) == {"fixed 16", "fixed 512", "fixed 512, lr×32", "adaptive", "adaptive, adascale", "adaptive+Langevin", "adaptive, burn-in 10"}
+    assert set(rows) == {
+        "fixed 16",
+        "fixed 512",
+        "fixed 512, lr×32",
+        "adaptive",
+        "adaptive, adascale",
+        "adaptive+Langevin",
+        "adaptive, burn-in 10",
+        "adaptive, max lr 4×",
+    }
     for r in rows.values():
         assert r["steps"] > 0 and math.isfinite(r["sim_s"]) and r["sim_s"] > 0
     assert rows["fixed 16"]["mean_batch"] == 16
     verdicts = [line for line in proc.stdout.splitlines() if line.startswith("adaptive")]
-    assert len(verdicts) == 4 and all(any(v in line for v in ("wins", "ties", "loses")) for line in verdicts)
+    assert len(verdicts) == 5 and all(any(v in line for v in ("wins", "ties", "loses")) for line in verdicts)
     assert (tmp_path / "validate_policy.png").stat().st_size > 10_000

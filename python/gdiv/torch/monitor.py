@@ -125,6 +125,9 @@ class DiversityMonitor:
             to :attr:`history`; the batch size changes only after measured
             steps.
         max_measure_every: the adaptive cadence's largest interval.
+        max_lr_factor: None, or a cap ≥ 1 on the LR rule's factor: the lr
+            never exceeds max_lr_factor × the initial one (Go's
+            ``ControllerSettings.MaxLRFactor``).
         process_group: "auto" (a ``DistributedDataParallel`` model under an
             initialized torch.distributed: its process group), None (this
             process alone) or a process group. Under data parallelism the
@@ -177,6 +180,7 @@ class DiversityMonitor:
         measure_every: Union[int, str] = 1,
         max_measure_every: int = 16,
         process_group: Any = "auto",
+        max_lr_factor: Optional[float] = None,
     ) -> None:
         if mode == "full" and measure_every != 1:
             raise ValueError(
@@ -218,6 +222,7 @@ class DiversityMonitor:
             seed=seed,
             measure_every=measure_every,
             max_measure_every=max_measure_every,
+            max_lr_factor=max_lr_factor,
         )
         self._model = model
         self._dp: Optional[DataParallel] = dp
