@@ -14,14 +14,14 @@ measured gradients to the global batch's, and Go converts.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .errors import CaptureError
 
-__all__ = ["DataParallel", "resolve"]
+__all__ = ["DataParallel", "resolve", "step_values"]
 
 _F64 = torch.float64
 
@@ -120,3 +120,55 @@ def resolve(model: nn.Module, process_group: Any) -> Optional[DataParallel]:
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("DiversityMonitor: process_group given but torch.distributed is not initialized (init_process_group first)")
     return DataParallel(process_group)
+
+
+def step_values(
+    dp: Optional[DataParallel],
+    device: torch.device,
+    summed: List[Tensor],
+    same: List[Tensor],
+    counts: List[float],
+    loss: Any,
+    loss_weight: float = 1.0,
+) -> Tuple[List[float], List[float], List[float], Optional[float]]:
+    """The measured step's one host copy — and, under data parallelism, its
+    one all-reduce.
+
+    Args:
+        summed: 0-dim float64 tensors summed over the ranks (local sums).
+        same: 0-dim float64 tensors already equal on every rank (taken from
+            rank 0 alone, so every rank gets the same bits).
+        counts: numbers summed over the ranks (batch sizes and the like).
+        loss: the recorded loss (a scalar tensor, a number or None),
+            multiplied by ``loss_weight`` before the sum.
+
+    Returns:
+        (summed, same, counts, loss sum — None unless every rank gave one).
+    """
+    loss_t = _loss_tensor(loss, device)
+    has = 0.0 if loss_t is None else 1.0
+    lw = torch.zeros((), dtype=_F64, device=device) if loss_t is None else loss_t * loss_weight
+    if dp is None:
+        vals = torch.stack([*summed, *same, lw]).to("cpu").tolist()
+        counted = [*counts, has]
+    else:
+        head = torch.stack([*summed, *(dp.from_rank0(t) for t in same), lw])
+        vec = dp.all_reduce(torch.cat([head, torch.tensor([*counts, has], dtype=_F64, device=device)]))
+        vals = vec.to("cpu").tolist()
+        counted = vals[len(summed) + len(same) + 1 :]
+    ns, nm = len(summed), len(same)
+    n_loss = counted.pop()
+    world = 1 if dp is None else dp.world
+    return vals[:ns], vals[ns : ns + nm], counted, (vals[ns + nm] if n_loss >= world else None)
+
+
+def _loss_tensor(loss: Any, device: torch.device) -> Optional[Tensor]:
+    """The recorded loss as a float64 0-dim tensor on ``device`` (None
+    without a loss), read with the step's other sums."""
+    if loss is None:
+        return None
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"DiversityMonitor.step: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return loss.detach().reshape(()).to(device=device, dtype=_F64)
+    return torch.tensor(float(loss), dtype=_F64, device=device)

@@ -25,7 +25,7 @@ from ..controller import Controller, Decision, EstimatorView
 from ..errors import NonFiniteError, ParamError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import LR_RULES, BatchSizePolicy
-from ._dist import DataParallel, resolve
+from ._dist import DataParallel, resolve, step_values
 from ._local import LocalGradients
 from ._options import check_options, finite_real
 from ._reduce import NoiseDraws, dense_grads, sq_norm
@@ -469,22 +469,13 @@ class DiversityMonitor:
         kw: Dict[str, Any] = dict(mean=mean, norms_scale=s_norm, grad_scale=s_grad)
         if seed is not None:
             kw["dim"] = sum(p.numel() for p in params)
-        loss_t = _loss_tensor(loss, dev)
         dp = self._dp
-        if dp is None:
-            vals = torch.stack([sum_raw, sq_grad, *extra, *([] if loss_t is None else [loss_t])]).to("cpu").tolist()
-            if loss_t is not None:
-                loss = vals.pop()
-        else:
-            b = float(batch)
-            has = 0.0 if loss_t is None else 1.0
-            lw = torch.zeros((), dtype=_F64, device=dev) if loss_t is None else loss_t * (b if mean else 1.0)
-            local = [torch.tensor([b, b * b, has], dtype=_F64, device=dev), lw.reshape(1)]
-            same = [dp.from_rank0(t) for t in (sq_grad, *extra)]  # equal on every rank: summed from rank 0 alone
-            vec = dp.all_reduce(torch.cat([torch.stack([sum_raw, *same]), *local]))
-            vals = vec.to("cpu").tolist()  # the step's one device → host transfer
-            total, total_sq, n_loss, loss_sum = vals[-4:]
-            del vals[-4:]
+        # ‖.grad‖² and the Langevin moments are equal on every rank (after DDP's all-reduce)
+        b = float(batch)
+        (sum_sq,), same, (total, total_sq), loss_sum = step_values(
+            dp, dev, [sum_raw], [sq_grad, *extra], [b, b * b], loss, b if dp is not None and mean else 1.0
+        )
+        if dp is not None:
             batch = int(total)
             if mean and dp.world * total_sq != total * total:
                 raise CaptureError(
@@ -493,7 +484,8 @@ class DiversityMonitor:
                     "every rank the same number of examples (gdiv.torch.DistributedAdaptiveBatchSampler, or "
                     "DistributedSampler with drop_last=True) or use a sum-reduced loss"
                 )
-            loss = None if n_loss < dp.world else (loss_sum / total if mean else loss_sum)
+            if loss_sum is not None and mean:
+                loss_sum /= total
             # DDP averages .grad over the P ranks: a mean loss's per-example
             # gradients are P times those of the global mean, a sum loss's
             # .grad is 1/P of the global sum (Go converts).
@@ -501,12 +493,10 @@ class DiversityMonitor:
                 kw["norms_scale"] = s_norm * dp.world
             else:
                 kw["grad_scale"] = s_grad / dp.world
-        kw["sum_sq_norms"], kw["sq_norm_batch_grad"] = vals[0], vals[1]
+        kw["sum_sq_norms"], kw["sq_norm_batch_grad"] = sum_sq, same[0]
         if seed is not None:
-            kw["noise_dot"], kw["noise_sq_norm"] = vals[2], vals[3]
-        if isinstance(loss, Tensor):
-            loss = float(loss.detach().reshape(()).item())
-        return batch, kw, seed, loss
+            kw["noise_dot"], kw["noise_sq_norm"] = same[1], same[2]
+        return batch, kw, seed, loss_sum
 
     def _measure_two_scale(self, loss: Any) -> Tuple[int, Dict[str, Any], Any]:
         """two_scale mode: each backward pass's own gradient (a micro-batch
@@ -537,36 +527,26 @@ class DiversityMonitor:
         local_sq = torch.stack(sq).sum()
         sq_grad = sq_norm(dense_grads(self._trainable()), dev)
         s_norm, s_grad = self._grad_scale()
-        loss_t = _loss_tensor(loss, dev)
         dp = self._dp
         world = 1 if dp is None else dp.world
-        if dp is None:
-            vals = torch.stack([local_sq, sq_grad, *([] if loss_t is None else [loss_t])]).to("cpu").tolist()
-            n_local, batch = k, k * b
-            if loss_t is not None:
-                loss = vals[2]
-        else:
-            has = 0.0 if loss_t is None else 1.0
-            lw = torch.zeros((), dtype=_F64, device=dev) if loss_t is None else loss_t
-            counts = torch.tensor([k, k * k, b, b * b, k * b, has], dtype=_F64, device=dev)
-            vec = dp.all_reduce(torch.cat([torch.stack([local_sq, dp.from_rank0(sq_grad), lw]), counts]))
-            vals = vec.to("cpu").tolist()
-            loss_sum, (nk, nk2, nb, nb2, total, n_loss) = vals[2], vals[3:]
-            if world * nk2 != nk * nk or world * nb2 != nb * nb:
-                raise CaptureError(
-                    "gdiv.torch: the ranks' local batches or micro-batch counts differ this step; the two-scale "
-                    "estimate needs local gradients of equal batches on every rank (DistributedAdaptiveBatchSampler, "
-                    "or DistributedSampler with drop_last=True)"
-                )
-            n_local, batch = int(nk), int(total)
-            loss = None if n_loss < world else (loss_sum / world if mean else loss_sum)
+        (local_sum,), (sq_grad_v,), (nk, nk2, nb, nb2, total), loss_sum = step_values(
+            dp, dev, [local_sq], [sq_grad], [k, k * k, b, b * b, k * b], loss
+        )
+        if world * nk2 != nk * nk or world * nb2 != nb * nb:
+            raise CaptureError(
+                "gdiv.torch: the ranks' local batches or micro-batch counts differ this step; the two-scale "
+                "estimate needs local gradients of equal batches on every rank (DistributedAdaptiveBatchSampler, "
+                "or DistributedSampler with drop_last=True)"
+            )
+        n_local, batch = int(nk), int(total)
+        loss = None if loss_sum is None else (loss_sum / world if mean else loss_sum)
         if n_local < 2:
             raise CaptureError(
                 "gdiv.torch: mode='two_scale' needs at least 2 local gradients per step: under DDP 2 or more ranks, "
                 "on one process 2 or more micro-batches (gradient accumulation: k backward passes, each of the mean "
                 "loss divided by k, then one monitor.step())"
             )
-        kw: Dict[str, Any] = dict(b_small=b, sq_norm_small=vals[0] / n_local, sum_sq_norms=0.0, sq_norm_batch_grad=vals[1], mean=mean)
+        kw: Dict[str, Any] = dict(b_small=b, sq_norm_small=local_sum / n_local, sum_sq_norms=0.0, sq_norm_batch_grad=sq_grad_v, mean=mean)
         # A micro-batch's mean loss divided by k (the accumulation recipe):
         # its gradient is 1/k of its mean gradient. DDP averages .grad over
         # the ranks: a sum loss's is 1/P of the global sum. (Go converts.)
@@ -870,18 +850,6 @@ def _record(d: Decision, examples: int, lr: Optional[float], loss: Optional[floa
         "no_signal": bool(sm.no_signal),
         "skipped": d.skipped,
     }
-
-
-def _loss_tensor(loss: Any, device: torch.device) -> Optional[Tensor]:
-    """The recorded loss as a float64 0-dim tensor on ``device`` (None
-    without a loss), read with the step's other sums."""
-    if loss is None:
-        return None
-    if isinstance(loss, Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"DiversityMonitor.step: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-        return loss.detach().reshape(()).to(device=device, dtype=_F64)
-    return torch.tensor(float(loss), dtype=_F64, device=device)
 
 
 def _sums_of(rows: Tensor) -> Tuple[float, float]:
