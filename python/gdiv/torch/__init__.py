@@ -24,7 +24,9 @@ Training loops (Go core through ``gdiv``):
 
 Modules: ``capture`` (norms mode), ``full`` (full mode), ``rules`` (the rule
 table, one module per layer family, ``rules.fused_conv``), ``fallback`` (the
-``torch.func`` fallback), ``errors``; ``monitor`` and ``sampler``. The scaling
+``torch.func`` fallback), ``errors``; ``monitor`` and ``sampler``; private:
+``_measure`` (one measured step per mode), ``_dist`` (DDP: the step's one
+all-reduce), ``_local`` (two_scale's local gradients), ``_reduce``. The scaling
 conventions (``loss_reduction``), hooks, fused convolutions, fallbacks and what
 is refused: python/README.md, "Per-example norms in PyTorch".
 """
