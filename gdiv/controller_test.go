@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"gonum.org/v1/gonum/floats/scalar"
@@ -326,7 +327,7 @@ func TestControllerCadence(t *testing.T) {
 		return measured
 	}
 	fixed := run(Cadence{Every: 3}, 9, func(int) Observation { return steady })
-	if want := []bool{true, false, false, true, false, false, true, false, false}; !equalBools(fixed, want) {
+	if want := []bool{true, false, false, true, false, false, true, false, false}; !slices.Equal(fixed, want) {
 		t.Errorf("Every 3: measured %v, want %v", fixed, want)
 	}
 	auto := run(Cadence{Auto: true, MaxEvery: 4}, 40, func(int) Observation { return steady })
@@ -338,7 +339,7 @@ func TestControllerCadence(t *testing.T) {
 	}
 	// every step until 8 batches are folded, then intervals 2, 4, 4, … on a steady bound
 	want := []int{1, 2, 3, 4, 5, 6, 7, 8, 10, 14, 18, 22, 26, 30, 34, 38}
-	if !equalInts(at, want) {
+	if !slices.Equal(at, want) {
 		t.Errorf("auto on a steady bound measured steps %v, want %v", at, want)
 	}
 	// A bound that keeps moving keeps the interval at 1.
@@ -382,30 +383,6 @@ func TestControllerCadence(t *testing.T) {
 			t.Errorf("cadence %+v: %v, want ErrParam", cad, err)
 		}
 	}
-}
-
-func equalBools(a, b []bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestControllerMaxLRFactor: the cap bounds every rule's factor; 0 is no
