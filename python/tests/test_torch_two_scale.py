@@ -58,22 +58,21 @@ def test_the_pair_from_autograd(reduction, k):
     assert rec["g"] == pytest.approx(want.g, rel=1e-10, abs=1e-14)
 
 
-def test_unbiased_by_exact_enumeration():
-    """Every ordered draw of 4 examples (with replacement) from 3, as 2
-    micro-batches of 2: the mean of the estimates is ‖G‖² and trΣ + ‖G‖² of
-    the 3 examples' gradients, exactly."""
-    torch.manual_seed(3)
+def enumerate_two_scale(n: int, draws, seed: int, **monitor_kw):
+    """A linear model's n examples; every draw of 4 as 2 micro-batches of 2
+    through the monitor. Returns (mean Ĝ, mean M̂², the population's ‖G‖²
+    and M² = mean ‖g_i‖², the number of draws)."""
+    torch.manual_seed(seed)
     model = nn.Linear(3, 1).double()
-    xs = torch.randn(3, 3, dtype=torch.float64)
-    ys = torch.randn(3, 1, dtype=torch.float64)
+    xs = torch.randn(n, 3, dtype=torch.float64)
+    ys = torch.randn(n, 1, dtype=torch.float64)
     params = list(model.parameters())
-    per = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.mse_loss(model(xs[i : i + 1]), ys[i : i + 1]), params)]) for i in range(3)]
+    per = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.mse_loss(model(xs[i : i + 1]), ys[i : i + 1]), params)]) for i in range(n)]
     G = torch.stack(per).mean(0)
-    want_g = float(G.square().sum())
-    want_tr = float(torch.stack([(p - G).square().sum() for p in per]).mean())
-    mon = DiversityMonitor(model, mode="two_scale", estimator_beta=0.0)
+    mon = DiversityMonitor(model, mode="two_scale", estimator_beta=0.0, **monitor_kw)
+    assert mon.sampling == ("shuffle" if "dataset_size" in monitor_kw else "replacement")
     gs, m2s = [], []
-    for draw in itertools.product(range(3), repeat=4):
+    for draw in draws:
         model.zero_grad(set_to_none=True)
         idx = list(draw)
         for half in (idx[:2], idx[2:]):
@@ -81,37 +80,28 @@ def test_unbiased_by_exact_enumeration():
         rec = mon.step()
         gs.append(rec["g"])
         m2s.append(rec["m2"])
-    assert sum(gs) / len(gs) == pytest.approx(want_g, rel=1e-10)
-    assert sum(m2s) / len(m2s) == pytest.approx(want_tr + want_g, rel=1e-10)
+    m2 = float(torch.stack([p.square().sum() for p in per]).mean())
+    return sum(gs) / len(gs), sum(m2s) / len(m2s), float(G.square().sum()), m2, len(gs)
+
+
+def test_unbiased_by_exact_enumeration():
+    """Every ordered draw of 4 examples (with replacement) from 3, as 2
+    micro-batches of 2: the mean of the estimates is ‖G‖² and trΣ + ‖G‖² of
+    the 3 examples' gradients, exactly."""
+    g, m2, want_g, want_m2, draws = enumerate_two_scale(3, itertools.product(range(3), repeat=4), seed=3)
+    assert draws == 81
+    assert g == pytest.approx(want_g, rel=1e-10)
+    assert m2 == pytest.approx(want_m2, rel=1e-10)
 
 
 def test_unbiased_without_replacement_by_exact_enumeration():
     """Shuffled epochs (dataset_size given): every ordered draw of 4 distinct
     examples out of 5, as 2 micro-batches of 2: the finite-population pair
     is exactly unbiased (the i.i.d. pair would underestimate G)."""
-    torch.manual_seed(4)
-    model = nn.Linear(3, 1).double()
-    xs = torch.randn(5, 3, dtype=torch.float64)
-    ys = torch.randn(5, 1, dtype=torch.float64)
-    params = list(model.parameters())
-    per = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.mse_loss(model(xs[i : i + 1]), ys[i : i + 1]), params)]) for i in range(5)]
-    G = torch.stack(per).mean(0)
-    want_g = float(G.square().sum())
-    want_m2 = float(torch.stack([p.square().sum() for p in per]).mean())
-    mon = DiversityMonitor(model, mode="two_scale", estimator_beta=0.0, dataset_size=5)
-    assert mon.sampling == "shuffle"
-    gs, m2s = [], []
-    for draw in itertools.permutations(range(5), 4):
-        model.zero_grad(set_to_none=True)
-        idx = list(draw)
-        for half in (idx[:2], idx[2:]):
-            (F.mse_loss(model(xs[half]), ys[half]) / 2).backward()
-        rec = mon.step()
-        gs.append(rec["g"])
-        m2s.append(rec["m2"])
-    assert len(gs) == 120
-    assert sum(gs) / len(gs) == pytest.approx(want_g, rel=1e-10)
-    assert sum(m2s) / len(m2s) == pytest.approx(want_m2, rel=1e-10)
+    g, m2, want_g, want_m2, draws = enumerate_two_scale(5, itertools.permutations(range(5), 4), seed=4, dataset_size=5)
+    assert draws == 120
+    assert g == pytest.approx(want_g, rel=1e-10)
+    assert m2 == pytest.approx(want_m2, rel=1e-10)
 
 
 def test_train_mode_batchnorm_is_monitored():
