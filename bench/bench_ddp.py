@@ -41,7 +41,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 VARIANTS = ["norms", "two_scale"]
-BLOCK = 10
 
 
 def rank_main(rank: int, world: int, init: str, jobs: List[Dict[str, Any]], out: str, budget: float, min_rounds: int) -> None:
@@ -51,6 +50,7 @@ def rank_main(rank: int, world: int, init: str, jobs: List[Dict[str, Any]], out:
 
     import gdiv
     import gdiv.torch as gt
+    from _interleave import interleaved_blocks, spread, until
     from bench_step import build
 
     torch.set_num_threads(1)
@@ -101,30 +101,26 @@ def rank_main(rank: int, world: int, init: str, jobs: List[Dict[str, Any]], out:
             for _ in range(3):
                 for v in order:
                     step(v)
-            # the number of rounds is decided by rank 0 and broadcast each block
-            sums = {v: 0.0 for v in order}
-            ratios: Dict[str, List[float]] = {v: [] for v in VARIANTS}
             coll: Dict[str, List[int]] = {v: [] for v in VARIANTS}
-            start, r, go = time.perf_counter(), 0, True
-            while go:
-                rot = order[r % len(order) :] + order[: r % len(order)]
-                for v in rot:
-                    before = calls[0]
-                    sums[v] += step(v)
-                    if v != "plain":
-                        coll[v].append(calls[0] - before)
-                r += 1
-                if r % BLOCK == 0:
-                    for v in VARIANTS:
-                        ratios[v].append(sums[v] / sums["plain"])
-                    sums = {v: 0.0 for v in order}
-                    flag = torch.tensor([1 if (r < min_rounds or time.perf_counter() - start < budget) else 0])
-                    real(flag, group=None)  # not counted: the bench's own
-                    go = int(flag.item()) == world
+
+            def counted_step(v: str) -> float:
+                before = calls[0]
+                t = step(v)
+                if v != "plain":
+                    coll[v].append(calls[0] - before)
+                return t
+
+            local_go = until(budget, min_rounds)
+
+            def go_on(r: int) -> bool:  # every rank stops after the same block
+                flag = torch.tensor([1 if local_go(r) else 0])
+                real(flag, group=None)  # not counted: the bench's own
+                return int(flag.item()) == world
+
+            ratios, r, _ = interleaved_blocks(counted_step, order, go_on)
             row: Dict[str, Any] = {"model": name, "batch": b, "world": world, "rounds": r}
             for v in VARIANTS:
-                q = statistics.quantiles(ratios[v], n=4, method="inclusive") if len(ratios[v]) >= 2 else [ratios[v][0]] * 3
-                row[v] = {"median": statistics.median(ratios[v]), "q1": q[0], "q3": q[2], "collectives": statistics.mean(coll[v])}
+                row[v] = dict(spread(ratios[v]), collectives=statistics.mean(coll[v]))
             results.append(row)
             if rank == 0:
                 print(f"  {name} b={b}: {r} rounds", file=sys.stderr, flush=True)

@@ -59,6 +59,7 @@ from typing import Any, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from _interleave import interleaved_blocks, spread, until  # noqa: E402
 
 TUNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 MODELS = ["mlp", "cnn", "readme-mlp", "resnet-gn", "gpt2", "bert"]
@@ -73,7 +74,6 @@ DESC = {
 SEQ = 32
 VOCAB = 512
 VARIANTS = ["plain2", "gdiv1", "gdiv10"]
-BLOCK = 10  # rounds per timed block
 MIN_ROUNDS = 40
 
 
@@ -235,26 +235,7 @@ def worker(model_name: str, batch: int, opt_name: str, threads: int, budget: flo
     # Rounds of one step per copy (order rotating), grouped in blocks of
     # BLOCK rounds: a block's ratio is Σ gdiv / Σ plain over its rounds — for
     # k=10 that is the amortized cost of one measured step in ten.
-    sums: Dict[str, float] = {v: 0.0 for v in order}
-    ratios: Dict[str, List[float]] = {v: [] for v in VARIANTS}
-    plain_t: List[float] = []
-    start = time.perf_counter()
-    r = 0
-    while r < max_rounds and (r < MIN_ROUNDS or time.perf_counter() - start < budget):
-        rot = order[r % len(order) :] + order[: r % len(order)]
-        for v in rot:
-            t = step(v)
-            sums[v] += t
-            if v == "plain":
-                plain_t.append(t)
-        r += 1
-        if r % BLOCK == 0:
-            for v in VARIANTS:
-                ratios[v].append(sums[v] / sums["plain"])
-            sums = {v: 0.0 for v in order}
-    if not ratios[VARIANTS[0]]:
-        for v in VARIANTS:
-            ratios[v].append(sums[v] / sums["plain"])
+    ratios, r, plain_t = interleaved_blocks(step, order, until(budget, MIN_ROUNDS, max_rounds))
     mon = copies["gdiv1"][2]
     out: Dict[str, Any] = {
         "model": model_name,
@@ -265,8 +246,7 @@ def worker(model_name: str, batch: int, opt_name: str, threads: int, budget: flo
         "measured": mon.history[-1]["batch_bound"] if mon and mon.history else None,
     }
     for v in VARIANTS:
-        q = statistics.quantiles(ratios[v], n=4, method="inclusive") if len(ratios[v]) >= 2 else [min(ratios[v])] * 3
-        out[v] = {"median": statistics.median(ratios[v]), "q1": q[0], "q3": q[2]}
+        out[v] = spread(ratios[v])
     return out
 
 
@@ -311,8 +291,7 @@ def epoch_worker(threads: int, batch: int, repeats: int) -> Dict[str, Any]:
     for _ in range(repeats):
         a, b = epoch(False), epoch(True)
         ratios.append(b / a)
-    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) >= 2 else [min(ratios)] * 3
-    return {"model": "readme-mlp epoch", "batch": batch, "median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
+    return {"model": "readme-mlp epoch", "batch": batch, **spread(ratios)}
 
 
 # ----------------------------------------------------------------- driver ---
