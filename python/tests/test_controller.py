@@ -187,6 +187,12 @@ def test_monitor_passes_max_lr_factor_through():
     from gdiv.torch import DiversityMonitor
 
     m = torch.nn.Linear(3, 2)
-    mon = DiversityMonitor(m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), policy=gdiv.BatchSizePolicy(max_batch=64), max_lr_factor=2.5)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mon = DiversityMonitor(m, optimizer=opt, max_lr_factor=2.5, lr_rule="linear")  # no policy: the batch is what runs
     assert mon.controller.settings["max_lr_factor"] == 2.5
-    assert mon.state_dict()["controller"] is not None
+    for b in (8, 64):  # 8× the first batch: the linear rule's 8, capped at 2.5
+        x, y = torch.randn(b, 3), torch.randint(0, 2, (b,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        rec = mon.step()
+    assert rec["lr"] == pytest.approx(0.25) and opt.param_groups[0]["lr"] == pytest.approx(0.25)
