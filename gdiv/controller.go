@@ -69,6 +69,10 @@ type ControllerSettings struct {
 	// the batch (the step the curvature allows does not grow with the
 	// batch). 0 means no cap; otherwise ≥ 1.
 	MaxLRFactor float64
+	// WorldSize P ≥ 1 is the number of data-parallel workers sharing each
+	// batch (0 means 1): the adjusted policy's MultipleOf becomes
+	// lcm(MultipleOf, P), so that every worker gets an equal share.
+	WorldSize int
 	// LangevinStd σ ≥ 0: the trainer adds Langevin noise N(0, σ²I) per
 	// example, summed over the batch and added once to the batch gradient
 	// (Decision.NoiseStd); the controller corrects Σ‖g_i‖² by its
@@ -268,6 +272,8 @@ func NewController(s ControllerSettings) (*Controller, error) {
 		return nil, fieldErr("estimator_beta", "estimator beta = %v, want 0 ≤ beta < 1", s.EstimatorBeta)
 	case s.Batch < 0:
 		return nil, fieldErr("batch_size", "batch size = %d, want ≥ 1", s.Batch)
+	case s.WorldSize < 0:
+		return nil, fieldErr("world_size", "world size = %d, want ≥ 1 (0 means 1)", s.WorldSize)
 	case s.MaxLRFactor != 0 && !(s.MaxLRFactor >= 1 && !math.IsInf(s.MaxLRFactor, 1)):
 		return nil, fieldErr("max_lr_factor", "max LR factor = %v, want a finite factor ≥ 1 (0 or None: no cap)", s.MaxLRFactor)
 	}
@@ -290,6 +296,9 @@ func NewController(s ControllerSettings) (*Controller, error) {
 	}
 	pol := s.Policy.resolved()
 	pol.MinBatch = max(pol.MinBatch, 2)
+	if p := s.WorldSize; p > 1 && pol.MultipleOf%p != 0 {
+		pol.MultipleOf = pol.MultipleOf / gcd(pol.MultipleOf, p) * p // lcm
+	}
 	if s.Policy.MaxBatch == 0 && s.DatasetSize > 0 {
 		pol.MaxBatch = max(s.DatasetSize, pol.MinBatch)
 	}
@@ -637,4 +646,11 @@ func (c *Controller) batchEstimate(o Observation, noiseStd float64) (Estimate, f
 		e, err = EstimateBatch(b, sumSq, sqSum)
 	}
 	return e, sumSq, sqSum, err
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }

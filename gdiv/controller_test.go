@@ -411,3 +411,26 @@ func TestControllerMaxLRFactor(t *testing.T) {
 		}
 	}
 }
+
+// TestControllerWorldSize: the adjusted policy rounds to lcm(MultipleOf, P)
+// and the initial batch is its smallest legal one.
+func TestControllerWorldSize(t *testing.T) {
+	c, err := NewController(ControllerSettings{Policy: &BatchSizePolicy{MinBatch: 4, MaxBatch: 64, MultipleOf: 3}, WorldSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := c.Policy().MultipleOf; m != 6 {
+		t.Errorf("multiple of %d, want lcm(3, 2) = 6", m)
+	}
+	if b := c.Batch(); b != 6 {
+		t.Errorf("initial batch %d, want 6", b)
+	}
+	c4, _ := NewController(ControllerSettings{Policy: &BatchSizePolicy{MaxBatch: 64, MultipleOf: 4}, WorldSize: 2})
+	if m := c4.Policy().MultipleOf; m != 4 {
+		t.Errorf("multiple of %d, want 4 (already a multiple of P)", m)
+	}
+	var fe *FieldError
+	if _, err := NewController(ControllerSettings{WorldSize: -1}); !errors.As(err, &fe) || fe.Field != "world_size" {
+		t.Errorf("world size -1: %v", err)
+	}
+}

@@ -19,7 +19,7 @@ import (
 //	cfg[15]    Langevin std (0: none)              cfg[16:18] seed, high and low halves
 //	cfg[18]    cadence: measure every k steps (0, 1: every step)
 //	cfg[19]    1 for the adaptive cadence           cfg[20] its max interval (0: 16)
-//	cfg[21]    max LR factor (0: no cap)
+//	cfg[21]    max LR factor (0: no cap)           cfg[22] world size (0, 1: one worker)
 //
 //	state[0:5]  estimator state (stateLen layout)
 //	state[5:10] batch, steps, examples, decisions, first batch
@@ -36,7 +36,7 @@ import (
 //	out[19]    diversity (NaN: unknown)             out[20] skip code (gdiv.Skip)
 //	out[21]    1 if the cadence measures the next step
 const (
-	ctrlCfgLen   = 22
+	ctrlCfgLen   = 23
 	ctrlStateLen = 14
 	ctrlInLen    = 12
 	ctrlOutLen   = 22
@@ -62,12 +62,12 @@ func joinSeed(v []float64, what string) (uint64, error) {
 // readController builds the controller of the settings at cfg.
 func readController(cfg uintptr) (*gdiv.Controller, error) {
 	v := outBuf(cfg, ctrlCfgLen)
-	var ints [9]int
+	var ints [10]int
 	for i, f := range []struct {
 		name string
 		at   int
 	}{{"has_policy", 8}, {"batch_size", 9}, {"dataset_size", 10}, {"sampling", 11}, {"step", 13}, {"lr_rule", 14},
-		{"measure_every", 18}, {"measure_auto", 19}, {"max_measure_every", 20}} {
+		{"measure_every", 18}, {"measure_auto", 19}, {"max_measure_every", 20}, {"world_size", 22}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return nil, &gdiv.FieldError{Field: f.name, Err: err}
@@ -81,7 +81,7 @@ func readController(cfg uintptr) (*gdiv.Controller, error) {
 	s := gdiv.ControllerSettings{
 		Batch: ints[1], DatasetSize: ints[2], Sampling: gdiv.Sampling(ints[3]),
 		EstimatorBeta: v[12], Step: gdiv.StepRule(ints[4]), LR: gdiv.LRRule(ints[5]),
-		LangevinStd: v[15], Seed: seed, MaxLRFactor: v[21],
+		LangevinStd: v[15], Seed: seed, MaxLRFactor: v[21], WorldSize: ints[9],
 		Cadence: gdiv.Cadence{Every: ints[6], Auto: ints[7] != 0, MaxEvery: ints[8]},
 	}
 	if ints[0] != 0 {

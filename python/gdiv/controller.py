@@ -24,7 +24,7 @@ from .policy import LR_RULES, BatchSizePolicy
 
 __all__ = ["Controller", "Decision", "EstimatorView", "SKIP_REASONS", "step_seed"]
 
-_CFG, _STATE, _IN, _OUT = 22, 14, 12, 22
+_CFG, _STATE, _IN, _OUT = 23, 14, 12, 22
 _CfgBuf = ctypes.c_double * _CFG
 _StateBuf = ctypes.c_double * _STATE
 _InBuf = ctypes.c_double * _IN
@@ -134,6 +134,8 @@ class Controller:
         max_lr_factor: None, or a cap ≥ 1 on the LR factor: the learning
             rate never exceeds max_lr_factor × the initial one, whatever the
             rule and the batch.
+        world_size: the data-parallel workers P sharing each batch: the
+            adjusted policy rounds to lcm(multiple_of, P).
         langevin_std: σ ≥ 0 of Langevin noise added once to the summed
             gradient (norms mode); 0 for none.
         seed: base seed of the per-step mechanism seeds (None draws one).
@@ -165,6 +167,7 @@ class Controller:
         measure_every: Any = 1,
         max_measure_every: int = 16,
         max_lr_factor: Optional[float] = None,
+        world_size: int = 1,
     ) -> None:
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
@@ -187,6 +190,7 @@ class Controller:
                 raise ParamError(f"measure_every = {measure_every!r}: want an integer ≥ 1 or 'auto'")
             measure_every = check_int("measure_every", measure_every, lo=1, f64=True)
         max_measure_every = check_int("max_measure_every", max_measure_every, lo=1, f64=True)
+        world_size = check_int("world_size", world_size, lo=1, f64=True)
         if max_lr_factor is not None:
             max_lr_factor = check_float("max_lr_factor", max_lr_factor)
             if max_lr_factor == 0:  # Go's "no cap"; in Python that is None
@@ -206,6 +210,7 @@ class Controller:
             "measure_every": measure_every,
             "max_measure_every": max_measure_every,
             "max_lr_factor": max_lr_factor,
+            "world_size": world_size,
         }
         cfg = _CfgBuf()
         if policy is not None:
@@ -223,6 +228,7 @@ class Controller:
         cfg[19] = 1.0 if auto else 0.0
         cfg[20] = float(max_measure_every)
         cfg[21] = 0.0 if max_lr_factor is None else float(max_lr_factor)
+        cfg[22] = float(world_size)
         state = _StateBuf()
         pol = _PolBuf()
         try:

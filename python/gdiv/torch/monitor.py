@@ -200,9 +200,6 @@ class DiversityMonitor:
                     "DiversityMonitor: mode='full' under data-parallel training is not supported; use mode='norms' "
                     "(Langevin works there), or monitor a single process"
                 )
-            if policy is not None and policy.multiple_of % dp.world:
-                # every rank gets an equal share of each global batch
-                policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
             if seed is None:  # one seed for every rank's mechanism draws
                 dev = next((p.device for p in model.parameters()), torch.device("cpu"))
                 seed = dp.broadcast_int(secrets.randbits(63), dev)
@@ -224,6 +221,7 @@ class DiversityMonitor:
             measure_every=measure_every,
             max_measure_every=max_measure_every,
             max_lr_factor=max_lr_factor,
+            world_size=1 if dp is None else dp.world,  # Go rounds the policy: equal shares per rank
         )
         self._model = model
         self._dp: Optional[DataParallel] = dp
@@ -681,10 +679,7 @@ class DiversityMonitor:
         if pol_state is not None and not isinstance(pol_state, dict):
             raise ParamError(f"DiversityMonitor.load_state_dict: policy = {pol_state!r}: want a dict or None")
         policy = None if pol_state is None else BatchSizePolicy(**pol_state)
-        dp = self._dp
-        if dp is not None and policy is not None and policy.multiple_of % dp.world:
-            # resumed on another world size: the policy is rounded to it again
-            policy = policy.replace(multiple_of=math.lcm(policy.multiple_of, dp.world))
+        dp = self._dp  # resumed on another world size: Go rounds the policy to it again
         if lr_rule not in LR_RULES:
             raise ParamError(f"DiversityMonitor.load_state_dict: lr_rule = {lr_rule!r}: want one of {LR_RULES}")
         settings = self.controller.settings
