@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import math
 import secrets
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..controller import Controller, Decision, EstimatorView
+from .._session import RECORD_FIELDS, Session
+from ..controller import Controller, EstimatorView
 from ..errors import NonFiniteError, ParamError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
-from ..policy import LR_RULES, BatchSizePolicy
+from ..policy import BatchSizePolicy
 from ._dist import DataParallel, resolve
 from ._local import LocalGradients
 from ._measure import measure_norms, measure_two_scale
-from ._options import check_options, finite_real
+from ._options import check_options
 from ._reduce import NoiseDraws
 from .capture import PerExampleNorms
 from .errors import CaptureError
@@ -36,26 +35,7 @@ from .full import per_example_grads, trainable_parameters
 
 __all__ = ["DiversityMonitor", "RECORD_FIELDS"]
 
-RECORD_FIELDS: Tuple[str, ...] = (
-    "step",
-    "examples",
-    "batch",
-    "next_batch",
-    "lr",
-    "loss",
-    "sum_sq_norms",
-    "sq_norm_of_sum",
-    "m2",
-    "g",
-    "batch_bound",
-    "diversity",
-    "noise_scale",
-    "no_signal",
-    "skipped",
-)
-"""The keys of each record that :meth:`DiversityMonitor.step` returns."""
 
-_WRITER_KEYS = ("batch", "lr", "loss", "m2", "g", "batch_bound", "diversity", "noise_scale")
 _STATE_VERSION = 2
 _F64 = torch.float64
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
@@ -208,7 +188,7 @@ class DiversityMonitor:
         if lr_rule is None:
             lr_rule = policy.lr_rule if policy is not None and loss_reduction == "mean" else "none"
         # Go validates and adjusts the rest (policy, batch, n, sampling, seed).
-        self.controller = Controller(
+        controller = Controller(
             policy=policy,
             batch_size=batch_size,
             dataset_size=dataset_size,
@@ -223,6 +203,7 @@ class DiversityMonitor:
             max_lr_factor=max_lr_factor,
             world_size=1 if dp is None else dp.world,  # Go rounds the policy: equal shares per rank
         )
+        self._session = Session(controller, who="gdiv.torch", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
         self._dp: Optional[DataParallel] = dp
         self.loss_reduction = loss_reduction
@@ -232,17 +213,10 @@ class DiversityMonitor:
         self.lr_rule = lr_rule
         self.dataset_size = None if dataset_size is None else int(dataset_size)
         self.sampling = sampling
-        self.on_nonfinite = on_nonfinite
         self.grad_scaler = grad_scaler
-        self.writer = writer
         self.full_max_bytes = full_max_bytes
         self.loss_fn = loss_fn
-        self.history: List[Dict[str, Any]] = []
-        self._base_lrs: Optional[List[float]] = None
-        self._lr_batch: Optional[int] = None
-        self._lr_factor = 1.0
         self._weighted_micro = False  # set by micro_batches(): micro-batch losses weighted by size this step
-        self._force_lr = False
         self._pending: Optional[Tuple[Tensor, int, Optional[float]]] = None
         self._noise = NoiseDraws()
         self._params: List[Tensor] = []
@@ -300,6 +274,24 @@ class DiversityMonitor:
         )
 
     # --------------------------------------------------------- decisions ---
+
+    @property
+    def controller(self) -> Controller:
+        """The :class:`gdiv.Controller` that decides (one Go call per step)."""
+        return self._session.controller
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The records of the measured steps (dicts with :data:`RECORD_FIELDS`)."""
+        return self._session.history
+
+    @property
+    def on_nonfinite(self) -> str:
+        return self._session.on_nonfinite
+
+    @property
+    def writer(self) -> Any:
+        return self._session.writer
 
     @property
     def policy(self) -> Optional[BatchSizePolicy]:
@@ -451,28 +443,14 @@ class DiversityMonitor:
     def _set_lr(self, batch: int, factor: float) -> Optional[float]:
         """Apply the LR factor for the batch being stepped; return group 0's lr."""
         opt = self.optimizer
-        if opt is not None and self._base_lrs is None:
-            self._base_lrs = [float(g["lr"]) for g in opt.param_groups]
-        # The factor changes with the batch (and, under "adascale", with the
-        # estimate); the lr is set only when it changes, so a loop that sets
-        # its own lr at a constant factor is left alone.
-        changed = (factor != self._lr_factor and self._lr_batch is not None) or self._force_lr
-        self._force_lr = False  # after load_state_dict: set the lr once, whatever the optimizer holds
-        self._lr_batch = batch
-        self._lr_factor = factor
+        current = None if opt is None else [_lr_value(g["lr"]) for g in opt.param_groups]
+        new = self._session.learning_rates(batch, factor, current)
         if opt is None:
             return None
-        if changed and self.lr_rule != "none":
-            assert self._base_lrs is not None
-            if len(self._base_lrs) != len(opt.param_groups):
-                raise ValueError(
-                    f"DiversityMonitor: the optimizer had {len(self._base_lrs)} param groups at the first step and has "
-                    f"{len(opt.param_groups)} now; the lr rule rescales each group's initial lr"
-                )
-            for g, lr0 in zip(opt.param_groups, self._base_lrs):
-                g["lr"] = lr0 * factor
-        lr = opt.param_groups[0]["lr"]
-        return float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+        if new is not None:
+            for g, lr in zip(opt.param_groups, new):
+                g["lr"] = lr
+        return _lr_value(opt.param_groups[0]["lr"])
 
     def step(
         self,
@@ -558,31 +536,11 @@ class DiversityMonitor:
         if seed is not None and d.noise_std != 0:
             self._noise.add_(self._trainable(), seed, d.noise_std)
         lr = self._set_lr(batch, d.lr_factor)
-        if d.skipped == "non-finite" and self.on_nonfinite == "raise":
-            raise NonFiniteError(
-                f"gdiv.torch: step {d.step}: non-finite gradients (a NaN/Inf loss or overflowed gradients). "
-                "Lower the learning rate, or pass on_nonfinite='skip' to skip such steps."
-            )
-        if d.skipped == "batch of 1":
-            warnings.warn(
-                f"gdiv.torch: step {d.step} has a batch of 1 example; the unbiased estimate needs at least 2 "
-                "(signal and noise cannot be separated), so this step is not estimated and the policy makes no "
-                "decision. Use DataLoader(drop_last=True) or gdiv.torch.AdaptiveBatchSampler.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._session.check(d)
         for hooks in (self._norms, self._local):
             if hooks is not None:
                 hooks.enabled = d.measure_next
-        rec = _record(d, self.controller.examples, lr, loss, self.dataset_size)
-        self.history.append(rec)
-        if self.writer is not None:
-            for key in _WRITER_KEYS:
-                v = rec[key]
-                if v is not None and math.isfinite(v):
-                    self.writer.add_scalar(f"gdiv/{key}", v, d.step)
-            self.writer.add_scalar("gdiv/skipped", 0.0 if d.skipped is None else 1.0, d.step)
-        return rec
+        return self._session.record(d, lr, loss)
 
     def _unmeasured_step(self, loss: Any, inputs: Any, targets: Any) -> Dict[str, Any]:
         """A step the cadence does not measure: the hooks were inert (no
@@ -619,7 +577,7 @@ class DiversityMonitor:
         hooks.enabled = d.measure_next
         if isinstance(loss, Tensor):
             loss = float(loss.detach().reshape(()).item())
-        return _record(d, self.controller.examples, lr, None if loss is None else float(loss), self.dataset_size)
+        return self._session.record(d, lr, None if loss is None else float(loss), keep=False)
 
     # ------------------------------------------------------- checkpoints ---
 
@@ -632,20 +590,13 @@ class DiversityMonitor:
         The sampler has its own ``state_dict`` (it is not owned by the
         monitor); the model and optimizer too.
         """
-        pol = self.controller.policy
         return {
             "version": _STATE_VERSION,
             "mode": self.mode,
             "loss_reduction": self.loss_reduction,
             "sampling": self.sampling,
             "dataset_size": self.dataset_size,
-            "lr_rule": self.lr_rule,
-            "policy": None if pol is None else pol.state_dict(),
-            "controller": self.controller.state_dict(),
-            "base_lrs": None if self._base_lrs is None else list(self._base_lrs),
-            "lr_batch": self._lr_batch,
-            "seed": self.seed,
-            "history": [dict(r) for r in self.history],
+            **self._session.state_dict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -671,47 +622,12 @@ class DiversityMonitor:
                     f"DiversityMonitor.load_state_dict: the state has {key}={state[key]!r} but this monitor "
                     f"{key}={getattr(self, key)!r}; build the monitor with the same settings"
                 )
-        try:
-            pol_state, lr_rule, seed = state["policy"], state["lr_rule"], state["seed"]
-            base_lrs, lr_batch, history, ctrl_state = state["base_lrs"], state["lr_batch"], state["history"], state["controller"]
-        except KeyError as e:
-            raise ParamError(f"DiversityMonitor.load_state_dict: the state has no {e}") from None
-        if pol_state is not None and not isinstance(pol_state, dict):
-            raise ParamError(f"DiversityMonitor.load_state_dict: policy = {pol_state!r}: want a dict or None")
-        policy = None if pol_state is None else BatchSizePolicy(**pol_state)
-        dp = self._dp  # resumed on another world size: Go rounds the policy to it again
-        if lr_rule not in LR_RULES:
-            raise ParamError(f"DiversityMonitor.load_state_dict: lr_rule = {lr_rule!r}: want one of {LR_RULES}")
-        settings = self.controller.settings
-        settings.update(policy=policy, lr_rule=lr_rule)
-        settings["batch_size"] = None  # the state sets the batch
-        controller = Controller(**settings, seed=seed)
-        controller.load_state_dict(ctrl_state)
-        b = controller.batch_size
-        if dp is not None and b is not None and b % dp.world:
-            raise ValueError(
-                f"DiversityMonitor.load_state_dict: the checkpoint's global batch {b} does not split over "
-                f"{dp.world} ranks; resume on a world size that divides it (or one the checkpoint's policy rounds to)"
-            )
-        if base_lrs is not None:
-            if not isinstance(base_lrs, (list, tuple)) or not all(finite_real(v) for v in base_lrs):
-                raise ParamError(f"DiversityMonitor.load_state_dict: base_lrs = {base_lrs!r}: want a list of finite numbers or None")
-            base_lrs = [float(v) for v in base_lrs]
-        if lr_batch is not None and (isinstance(lr_batch, bool) or not isinstance(lr_batch, (int, np.integer)) or lr_batch < 1):
-            raise ParamError(f"DiversityMonitor.load_state_dict: lr_batch = {lr_batch!r}: want an integer ≥ 1 or None")
-        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-            raise ParamError("DiversityMonitor.load_state_dict: history: want a list of record dicts")
-        # Everything is valid: swap.
-        self.controller = controller
-        self.lr_rule = lr_rule
-        self._base_lrs = base_lrs
-        self._lr_batch = None if lr_batch is None else int(lr_batch)
-        self._force_lr = base_lrs is not None
-        self.history = [dict(r) for r in history]
+        self._session.load_state_dict(state, world_size=1 if self._dp is None else self._dp.world)
+        self.lr_rule = self._session.lr_rule
         self._pending = None
         for hooks in (self._norms, self._local):
             if hooks is not None:
-                hooks.enabled = controller.measure_next
+                hooks.enabled = self.controller.measure_next
                 hooks.reset()
 
     def __repr__(self) -> str:
@@ -722,25 +638,8 @@ class DiversityMonitor:
         )
 
 
-def _record(d: Decision, examples: int, lr: Optional[float], loss: Optional[float], n: Optional[int]) -> Dict[str, Any]:
-    sm = d.smoothed
-    return {
-        "step": d.step,
-        "examples": examples,
-        "batch": d.batch,
-        "next_batch": d.next_batch,
-        "lr": lr,
-        "loss": loss,
-        "sum_sq_norms": d.sum_sq_norms,
-        "sq_norm_of_sum": d.sq_norm_of_sum,
-        "m2": sm.m2,
-        "g": sm.g,
-        "batch_bound": sm.batch_bound,
-        "diversity": None if n is None else d.diversity,
-        "noise_scale": sm.noise_scale,
-        "no_signal": bool(sm.no_signal),
-        "skipped": d.skipped,
-    }
+def _lr_value(lr: Any) -> float:
+    return float(lr.item()) if isinstance(lr, Tensor) else float(lr)
 
 
 def _sums_of(rows: Tensor) -> Tuple[float, float]:

@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sized, Union
 import torch
 from torch.utils.data import Sampler
 
+from .._batches import IndexStream
 from .._validate import check_seed
 
 __all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler", "micro_batches"]
@@ -51,7 +52,7 @@ __all__ = ["AdaptiveBatchSampler", "DistributedAdaptiveBatchSampler", "micro_bat
 _STATE_VERSION = 1
 
 
-class AdaptiveBatchSampler(Sampler[List[int]]):
+class AdaptiveBatchSampler(Sampler[List[int]], IndexStream):
     """A ``batch_sampler`` for ``torch.utils.data.DataLoader`` that follows
     the monitor's batch size.
 
@@ -105,83 +106,23 @@ class AdaptiveBatchSampler(Sampler[List[int]]):
         self.drop_last = bool(drop_last)
         self.generator = generator
         self.seed = seed
-        self._perm: Optional[torch.Tensor] = None  # without replacement: the current permutation
-        self._pos = 0  # its next position
-        self._drawn = 0  # with replacement: indices drawn in the current pass
-        self.epoch = 0  # passes completed
+        self._reset_stream()
 
-    def _batch_size(self) -> int:
-        b = self.monitor.batch_size
-        if b is None:
-            raise ValueError("AdaptiveBatchSampler: the monitor has no batch size yet: give DiversityMonitor(batch_size=...) or a policy")
-        if isinstance(b, bool) or int(b) != b or b < 1:
-            raise ValueError(f"AdaptiveBatchSampler: monitor.batch_size = {b!r}, want an integer ≥ 1")
-        if self.drop_last and b > self.n:
-            raise ValueError(
-                f"AdaptiveBatchSampler: batch size {b} > {self.n} examples with drop_last=True would yield "
-                "nothing; cap the policy's max_batch at the data set size"
-            )
-        return int(b)
+    def _randperm(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.generator)
 
-    def _new_perm(self) -> None:
-        self._perm = torch.randperm(self.n, generator=self.generator)
-        self._pos = 0
+    def _randint(self, b: int) -> torch.Tensor:
+        return torch.randint(self.n, (b,), generator=self.generator)
 
     def __iter__(self) -> Iterator[List[int]]:
-        if self.replacement:
-            yield from self._iter_replacement()
-        else:
-            yield from self._iter_shuffle()
-        self.epoch += 1
-
-    def _iter_replacement(self) -> Iterator[List[int]]:
-        n = self.n
-        while self._drawn < n:
-            b = self._batch_size()
-            if self.drop_last and self._drawn + b > n:
-                break
-            idx = torch.randint(n, (b,), generator=self.generator)
-            self._drawn += b
-            yield idx.tolist()
-        self._drawn = 0
-
-    def _iter_shuffle(self) -> Iterator[List[int]]:
-        n = self.n
-        if self._perm is None or self._pos >= n:
-            self._new_perm()
-        while True:
-            b = self._batch_size()
-            assert self._perm is not None
-            if self._pos + b <= n:
-                out = self._perm[self._pos : self._pos + b].tolist()
-                self._pos += b
-                yield out
-                if self._pos == n:
-                    return
-                continue
-            if self.drop_last:
-                self._pos = n  # the rest of this permutation is dropped
-                return
-            out = self._perm[self._pos :].tolist()
-            while len(out) < b:  # continue into the next permutation(s)
-                self._new_perm()
-                take = min(b - len(out), n)
-                out += self._perm[:take].tolist()
-                self._pos = take
-            yield out
-            return
+        return self._index_batches()
 
     def __len__(self) -> int:
         """An estimate: the number of batches of one pass at the current
         batch size, ⌈r/B⌉ (⌊r/B⌋ with drop_last) for the r examples left in
         the pass. The true number changes when the monitor changes B during
         the pass; DataLoader uses it only for ``len(loader)``."""
-        b = self._batch_size()
-        if self.replacement:
-            left = self.n - self._drawn
-        else:
-            left = self.n - self._pos if self._perm is not None and self._pos < self.n else self.n
-        return left // b if self.drop_last else -(-left // b)
+        return self._batches_left()
 
     def state_dict(self) -> Dict[str, Any]:
         """The position in the current pass and the generator state, to resume
