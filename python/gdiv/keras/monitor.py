@@ -1,0 +1,451 @@
+"""DiversityMonitor for Keras 3 (TensorFlow backend): the batch-size bound of
+a Keras training loop, measured every step, and the batch size (and learning
+rate) that follow.
+
+Under ``model.fit`` the monitor replaces the model's ``train_step`` (an
+instance attribute; :meth:`DiversityMonitor.remove` restores it): the same
+step as Keras's — forward, compiled loss, one ``tape.gradient``, the
+optimizer — plus the per-example norms from the recorded layer calls
+(:class:`gdiv.keras.capture.Taps`), reduced in the graph to four numbers
+that leave it through one ``tf.numpy_function`` per step: Go's
+:class:`gdiv.Controller` decides there (the same call the PyTorch monitor and
+the Go trainer make), and the learning rate it gives is assigned to the
+optimizer in the graph before ``apply_gradients``. In a custom loop,
+:meth:`DiversityMonitor.gradient` does the same between your tape and your
+optimizer.
+
+Weight regularizers (``kernel_regularizer=...``) are part of every example's
+loss f_i = ℓ_i + R (mean loss) or ℓ_i + R/B (sum loss): their gradient r
+enters Σ‖g_i‖² exactly, from the data part's per-example norms, ⟨G, r⟩ and
+‖r‖², with no per-example work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .._session import Session
+from ..controller import Controller, EstimatorView
+from ..policy import BatchSizePolicy
+from .capture import Taps
+
+__all__ = ["DiversityMonitor"]
+
+_F64 = tf.float64
+_STATE_VERSION = 1
+_COMPAT_KEYS = ("loss_reduction", "sampling", "dataset_size")
+# What leaves the graph each step (vec) and comes back (out).
+_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr")
+_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed")
+
+
+def _reduction_of(model: Any) -> str:
+    """ "mean" or "sum" from the compiled loss (Keras's sum_over_batch_size
+    is the mean over the batch)."""
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "gdiv.keras.DiversityMonitor: the model is not compiled (no loss): call model.compile(optimizer=..., loss=...) "
+            "before building the monitor, or give loss_reduction='mean'/'sum' for a custom training loop"
+        )
+    losses = list(loss.values()) if isinstance(loss, dict) else list(loss) if isinstance(loss, (list, tuple)) else [loss]
+    found = set()
+    for obj in losses:
+        red = getattr(obj, "reduction", "sum_over_batch_size") if isinstance(obj, keras.losses.Loss) else "sum_over_batch_size"
+        if red == "sum_over_batch_size":
+            found.add("mean")
+        elif red == "sum":
+            found.add("sum")
+        else:
+            raise ValueError(
+                f"gdiv.keras.DiversityMonitor: the compiled loss has reduction={red!r}; the monitor supports "
+                "'sum_over_batch_size' (the mean over the batch) and 'sum'"
+            )
+    if len(found) != 1:
+        raise ValueError(f"gdiv.keras.DiversityMonitor: the compiled losses mix reductions {sorted(found)}; use one")
+    return found.pop()
+
+
+def _loss_scale(optimizer: Any) -> Any:
+    if optimizer is None:
+        return tf.constant(1.0, _F64)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), _F64)
+    f = getattr(optimizer, "loss_scale_factor", None)
+    return tf.constant(1.0 if f is None else float(f), _F64)
+
+
+def _sq_norm(g: Any) -> Any:
+    if isinstance(g, tf.IndexedSlices):  # an embedding's rows: sum duplicate rows first
+        uniq, pos = tf.unique(g.indices)
+        g = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(uniq)[0])
+    s = tf.reduce_sum(tf.square(g))
+    return tf.cast(s, _F64)
+
+
+def _dot(a: Any, b: Any) -> Any:
+    if isinstance(a, tf.IndexedSlices):
+        a = tf.convert_to_tensor(a)
+    return tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), _F64)
+
+
+class DiversityMonitor:
+    """Measure the gradient diversity of a Keras model's training and adapt
+    the batch size (and learning rate) to it.
+
+    Args:
+        model: a built ``keras.Model`` on the TensorFlow backend. For
+            ``fit``, compile it first (the monitor reads the loss's
+            reduction and the optimizer).
+        loss_reduction: "auto" (the compiled loss: Keras's default
+            ``sum_over_batch_size`` is "mean"; ``reduction="sum"`` is
+            "sum"), "mean" or "sum" (a custom loop's loss).
+        policy: a :class:`gdiv.BatchSizePolicy` deciding the next batch, or
+            None to measure only (adjusted like Go's trainer: ``min_batch``
+            ≥ 2, ``max_batch=None`` capped at ``dataset_size``).
+        optimizer: the optimizer whose ``learning_rate`` follows the LR rule
+            (None: the compiled one; pass it for a custom loop).
+        lr_rule: "linear", "sqrt", "adascale" or "none"; None: the policy's
+            ("none" without a policy or with a sum loss).
+        batch_size: the initial batch (None: the smallest the policy allows).
+        estimator_beta: EMA decay of the ratio-of-EMAs estimator, in [0, 1).
+        dataset_size: n; enables ``diversity`` and, by default, the
+            without-replacement estimator.
+        sampling: "replacement" or "shuffle"; None: "shuffle" with a
+            ``dataset_size``, else "replacement".
+        on_nonfinite: "skip" or "raise" (:class:`gdiv.NonFiniteError` from
+            ``fit``'s :class:`gdiv.keras.DiversityCallback` or from
+            :meth:`gradient`).
+        writer: any object with ``add_scalar(tag, value, step)``.
+        seed: base seed of the controller (kept in :meth:`state_dict`).
+        max_lr_factor: None, or a cap ≥ 1 on the LR rule's factor.
+        attach: install the taps and the ``train_step`` now.
+
+    Not yet supported (refused): mechanisms (Langevin, Dropout,
+    Quantize), ``measure_every`` ≠ 1, ``tf.distribute`` strategies with
+    more than one replica, learning-rate schedules with an LR rule.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        loss_reduction: str = "auto",
+        policy: Optional[BatchSizePolicy] = None,
+        optimizer: Any = None,
+        lr_rule: Optional[str] = None,
+        batch_size: Optional[int] = None,
+        estimator_beta: float = 0.9,
+        dataset_size: Optional[int] = None,
+        sampling: Optional[str] = None,
+        on_nonfinite: str = "skip",
+        writer: Any = None,
+        seed: Optional[int] = None,
+        max_lr_factor: Optional[float] = None,
+        mechanism: Any = None,
+        measure_every: int = 1,
+        attach: bool = True,
+    ) -> None:
+        if mechanism is not None:
+            raise ValueError("gdiv.keras.DiversityMonitor: mechanisms are not supported in Keras yet (PyTorch's monitor has them)")
+        if measure_every != 1:
+            raise ValueError("gdiv.keras.DiversityMonitor: measure_every must be 1 in Keras for now (every step is measured)")
+        if on_nonfinite not in ("skip", "raise"):
+            raise ValueError(f"gdiv.keras.DiversityMonitor: on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}")
+        if policy is not None and not isinstance(policy, BatchSizePolicy):
+            raise TypeError(f"gdiv.keras.DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError("gdiv.keras.DiversityMonitor: writer must have add_scalar(tag, value, step)")
+        strategy = tf.distribute.get_strategy()
+        if strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                f"gdiv.keras.DiversityMonitor: a tf.distribute strategy with {strategy.num_replicas_in_sync} replicas is not "
+                "supported yet; monitor a single replica (PyTorch DDP is supported by gdiv.torch)"
+            )
+        if loss_reduction == "auto":
+            loss_reduction = _reduction_of(model)
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"gdiv.keras.DiversityMonitor: loss_reduction must be 'auto', 'mean' or 'sum', got {loss_reduction!r}")
+        if sampling is None:
+            sampling = "replacement" if dataset_size is None else "shuffle"
+        if lr_rule is None:
+            lr_rule = policy.lr_rule if policy is not None and loss_reduction == "mean" else "none"
+        controller = Controller(
+            policy=policy,
+            batch_size=batch_size,
+            dataset_size=dataset_size,
+            sampling=sampling,
+            estimator_beta=estimator_beta,
+            loss_reduction=loss_reduction,
+            lr_rule=lr_rule,
+            seed=seed,
+            max_lr_factor=max_lr_factor,
+        )
+        self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
+        self._model = model
+        self.loss_reduction = loss_reduction
+        self.sampling = sampling
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
+        self._optimizer = optimizer
+        self._taps = Taps(model)
+        self._error: Optional[BaseException] = None
+        self._installed = False
+        if optimizer is not None or getattr(model, "optimizer", None) is not None:
+            self._check_lr(self.optimizer)
+        if attach:
+            self.attach()
+        else:
+            self._taps.remove()
+
+    # -- attach / remove -------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def optimizer(self) -> Any:
+        return self._optimizer if self._optimizer is not None else getattr(self._model, "optimizer", None)
+
+    @property
+    def attached(self) -> bool:
+        return self._taps.attached
+
+    def attach(self) -> "DiversityMonitor":
+        """Install the layer taps and the monitored ``train_step`` (for
+        ``fit``). Idempotent."""
+        self._taps.attach()
+        if not self._installed:
+            self._model.train_step = self._train_step
+            self._model.train_function = None  # fit traces the monitored step
+            self._installed = True
+        return self
+
+    def remove(self) -> None:
+        """Restore the model's own ``call``s and ``train_step``. Safe twice."""
+        self._taps.remove()
+        if self._installed:
+            self._model.__dict__.pop("train_step", None)
+            self._model.train_function = None
+            self._installed = False
+
+    # -- decisions (as gdiv.torch.DiversityMonitor) ------------------------------
+
+    @property
+    def controller(self) -> Controller:
+        return self._session.controller
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The step records (dicts with ``gdiv.RECORD_FIELDS``)."""
+        return self._session.history
+
+    @property
+    def policy(self) -> Optional[BatchSizePolicy]:
+        return self.controller.policy
+
+    @property
+    def estimator(self) -> EstimatorView:
+        return self.controller.estimator
+
+    @property
+    def lr_rule(self) -> str:
+        return self._session.lr_rule
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The batch size to use next (the latest decision)."""
+        return self.controller.batch_size
+
+    @property
+    def steps(self) -> int:
+        return self.controller.steps
+
+    @property
+    def examples(self) -> int:
+        return self.controller.examples
+
+    @property
+    def lr_factor(self) -> float:
+        return self.controller.lr_factor
+
+    def raise_pending(self) -> None:
+        """Raise the error the last step's host call caught (a
+        :class:`gdiv.NonFiniteError`, a bad observation), if any."""
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    # -- the step ----------------------------------------------------------------
+
+    def _check_lr(self, opt: Any) -> None:
+        if opt is None or self.lr_rule == "none":
+            return
+        inner = getattr(opt, "inner_optimizer", opt)
+        if isinstance(getattr(inner, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(
+                f"gdiv.keras.DiversityMonitor: the optimizer's learning rate is a schedule and the LR rule is {self.lr_rule!r}: "
+                "the monitor sets the learning rate itself; give the optimizer a constant learning rate, or lr_rule='none' "
+                "and multiply your schedule by monitor.lr_factor"
+            )
+
+    def _train_step(self, data: Any) -> Dict[str, Any]:
+        """Keras's train_step with the measurement between the gradient and
+        the update."""
+        model = self._model
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with self._taps.recording(), tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            batch = tf.shape(tf.nest.flatten(x)[0])[0]
+            model._loss_tracker.update_state(loss, sample_weight=batch)
+            opt = model.optimizer
+            scaled = opt.scale_loss(loss) if opt is not None else loss
+        grads = self._measured_gradients(tape, scaled, loss, batch, model.trainable_variables, opt)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return logs
+
+    def gradient(self, tape: Any, loss: Any, variables: Optional[Sequence[Any]] = None) -> List[Any]:
+        """A custom loop's ``tape.gradient``: the batch gradients of ``loss``
+        w.r.t. ``variables`` (default: the model's trainable variables), with
+        the step measured and decided, and the learning rate set for this
+        batch. Call it inside ``monitor.recording()``'s block's tape::
+
+            with monitor.recording(), tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = monitor.gradient(tape, loss)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+        Works eagerly and inside ``tf.function``.
+        """
+        variables = list(self._model.trainable_variables if variables is None else variables)
+        if [id(v) for v in variables] != [id(v) for v in self._taps.trainable]:
+            raise ValueError(
+                "gdiv.keras.DiversityMonitor.gradient: variables must be the model's trainable variables (in order); "
+                "the monitor measures the whole model's gradient"
+            )
+        recs = self._taps._records
+        if not recs:
+            raise ValueError(
+                "gdiv.keras.DiversityMonitor.gradient: no layer call was recorded: run the forward pass inside "
+                "`with monitor.recording(), tf.GradientTape() as tape:`"
+            )
+        batch = self._batch_of(recs)
+        opt = self.optimizer
+        grads = self._measured_gradients(tape, loss, loss, batch, variables, opt)
+        if tf.executing_eagerly():
+            self.raise_pending()
+        return grads
+
+    def recording(self) -> Any:
+        """The block whose forward pass the monitor measures (custom loops)."""
+        return self._taps.recording()
+
+    @staticmethod
+    def _batch_of(recs: Sequence[Any]) -> Any:
+        return tf.shape(recs[0].out)[0]
+
+    def _measured_gradients(self, tape: Any, scaled: Any, loss: Any, batch: Any, variables: List[Any], opt: Any) -> List[Any]:
+        recs, outs = self._taps.take()
+        n = len(variables)
+        both = tape.gradient(scaled, list(variables) + outs)
+        grads, douts = both[:n], both[n:]
+        for v, g in zip(variables, grads):
+            if g is None:
+                raise ValueError(
+                    f"gdiv.keras: the variable {v.path!r} got no gradient from the loss; freeze it (trainable=False) so that "
+                    "the monitor measures only what is trained"
+                )
+        per_example = self._taps.per_example(recs, douts, batch)
+        sum_sq = tf.reduce_sum(per_example)
+        sq_sum = tf.add_n([_sq_norm(g) for g in grads])
+        scale = _loss_scale(opt)
+        reg = [(grads[i], r) for i, r in self._regularization_gradients(variables)]
+        if reg:
+            # f_i = ℓ_i + R (mean) or ℓ_i + R/B (sum): Σ‖a_i + r‖² from the data part's norms (module doc).
+            b = tf.cast(batch, _F64)
+            dot = tf.add_n([_dot(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
+            rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
+            sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
+        lr = tf.constant(math.nan, _F64) if opt is None else tf.cast(opt.learning_rate, _F64)
+        vec = tf.stack([tf.cast(batch, _F64), sum_sq, sq_sum, scale, tf.cast(loss, _F64), lr])
+        out = tf.numpy_function(self._host, [vec], _F64, stateful=True, name="gdiv_controller")
+        out.set_shape([len(_OUT)])
+        if opt is not None and self.lr_rule != "none":
+            var = getattr(opt, "inner_optimizer", opt)._learning_rate
+            var.assign(tf.where(out[1] > 0, tf.cast(out[0], var.dtype), var))
+        return grads
+
+    @staticmethod
+    def _regularization_gradients(variables: List[Any]) -> List[Any]:
+        """(index, r = ∇R) for the variables with a weight regularizer."""
+        regd = [(i, v) for i, v in enumerate(variables) if getattr(v, "regularizer", None) is not None]
+        if not regd:
+            return []
+        with tf.GradientTape() as t2:
+            terms = [v.regularizer(v) for _, v in regd]
+        rs = t2.gradient(terms, [v for _, v in regd])
+        return [(i, r) for (i, _), r in zip(regd, rs) if r is not None]
+
+    def _host(self, vec: np.ndarray) -> np.ndarray:
+        """The step's one controller call (outside the graph)."""
+        out = np.zeros(len(_OUT))
+        try:
+            self.raise_pending()  # an unreported error of the step before
+            b, sum_sq, sq_sum, scale, loss, lr = (float(v) for v in vec)
+            d = self.controller.observe(int(b), sum_sq, sq_sum, mean=self.loss_reduction == "mean", norms_scale=scale, grad_scale=scale)
+            new = self._session.learning_rates(int(b), d.lr_factor, None if math.isnan(lr) else [lr])
+            used = lr if new is None else new[0]
+            self._session.check(d)
+            self._session.record(d, None if math.isnan(used) else used, loss)
+            out[0] = used
+            out[1] = 0.0 if new is None else 1.0
+            out[2] = d.smoothed.batch_bound
+            out[3] = float(d.next_batch or 0)
+        except Exception as e:  # kept for raise_pending(): the graph cannot carry a Python exception
+            self._error = e
+            out[4] = 1.0
+        return out
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resumed run needs to make the same decisions (plain
+        data): the controller's state, policy, LR rule, initial lr, seed and
+        history. The model, optimizer and dataset have their own."""
+        return {
+            "version": _STATE_VERSION,
+            "framework": "keras",
+            "loss_reduction": self.loss_reduction,
+            "sampling": self.sampling,
+            "dataset_size": self.dataset_size,
+            **self._session.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (validated first; a failed
+        load changes nothing)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"gdiv.keras.DiversityMonitor.load_state_dict: want a dict, got {type(state).__name__}")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"gdiv.keras.DiversityMonitor.load_state_dict: state version {state.get('version')!r}, want {_STATE_VERSION}")
+        for key in _COMPAT_KEYS:
+            if state.get(key, object()) != getattr(self, key):
+                raise ValueError(
+                    f"gdiv.keras.DiversityMonitor.load_state_dict: the state has {key}={state.get(key)!r} but this monitor "
+                    f"{key}={getattr(self, key)!r}; build the monitor with the same settings"
+                )
+        self._session.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        bb = self.controller.smoothed.batch_bound
+        return (
+            f"gdiv.keras.DiversityMonitor({self._model.name!r}, loss_reduction={self.loss_reduction!r}, steps={self.steps}, "
+            f"batch_size={self.batch_size}, batch_bound={bb:.6g})"
+        )

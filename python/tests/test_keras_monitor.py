@@ -1,0 +1,358 @@
+"""gdiv.keras.DiversityMonitor as users meet it: the norms of whole models
+(rules and fallback together, through fit and a custom loop) against a
+per-example GradientTape loop; bad input; checkpoints and resume; the
+callback; AdaptiveBatches; gdiv without TensorFlow.
+
+The oracle: for each example i, ∇θ ℓ_i on the example alone; the monitor's
+record holds Σ_i ‖∇ℓ_i‖² and ‖Σ_i ∇ℓ_i‖² (the mean loss's B² undone by
+Go). float64 models: 1e-10 relative.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import gdiv  # noqa: E402
+import gdiv.keras as gk  # noqa: E402
+
+RTOL = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    keras.utils.set_random_seed(7)
+    yield
+    keras.config.set_floatx(old)
+    keras.config.set_dtype_policy(policy)
+
+
+def oracle(model, loss_obj, x, y):
+    """(Σ‖∇ℓ_i‖², ‖Σ∇ℓ_i‖²) from one example at a time."""
+    total, s = 0.0, None
+    for i in range(len(x)):
+        with tf.GradientTape() as t:
+            li = loss_obj(y[i : i + 1], model(x[i : i + 1], training=True))
+        g = t.gradient(li, model.trainable_variables)
+        flat = np.concatenate([np.ravel(tf.convert_to_tensor(v).numpy()) for v in g])
+        total += float(flat @ flat)
+        s = flat if s is None else s + flat
+    return total, float(s @ s)
+
+
+class Scale(keras.layers.Layer):
+    """A layer without a rule (the fallback): x·tanh(w) + b."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="random_normal")
+        self.b = self.add_weight(shape=(shape[-1],), initializer="random_normal")
+
+    def call(self, x):
+        return x * tf.tanh(self.w) + self.b
+
+
+def seq_model(v=11, t=6, d=8):
+    ids = keras.Input((t,), dtype="int32")
+    h = keras.layers.Embedding(v, d)(ids)
+    h = keras.layers.LayerNormalization()(h)
+    h = keras.layers.Dense(d, activation="gelu")(h)
+    h = Scale()(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(ids, keras.layers.Dense(3)(h))
+
+
+def cnn_model():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5),
+        ]
+    )
+
+
+def data(kind, b=7, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "seq":
+        return rng.integers(0, 11, (b, 6)).astype("int32"), rng.integers(0, 3, b)
+    return rng.normal(size=(b, 8, 8, 1)), rng.integers(0, 5, b)
+
+
+@pytest.mark.parametrize("kind", ["seq", "cnn"])
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
+@pytest.mark.parametrize("path", ["fit", "loop"])
+def test_whole_model_norms_equal_the_per_example_loop(kind, reduction, path):
+    model = seq_model() if kind == "seq" else cnn_model()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    x, y = data(kind)
+    want = oracle(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"), x, y)
+    opt = keras.optimizers.SGD(0.0)  # the weights stay: the oracle's
+    model.compile(optimizer=opt, loss=loss)
+    mon = gk.DiversityMonitor(model, optimizer=opt if path == "loop" else None, seed=0)
+    if path == "fit":
+        model.train_on_batch(x, y)
+    else:
+        with mon.recording(), tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        opt.apply_gradients(zip(mon.gradient(tape, value), model.trainable_variables))
+    rec = mon.history[-1]
+    assert rec["batch"] == len(x) and rec["skipped"] is None
+    np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=RTOL)
+
+
+def test_units_cover_every_variable_once():
+    mon = gk.DiversityMonitor(seq_model(), loss_reduction="mean")
+    kinds = {type(u.layer).__name__: u.rule is None for u in mon._taps.units}
+    assert kinds == {"Embedding": False, "LayerNormalization": False, "Dense": False, "Scale": True}
+    mon.remove()
+    assert not mon.attached and "call" not in mon.model.layers[3].__dict__
+
+
+def test_float32_model_within_float32_rounding():
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    model = cnn_model()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, y = data("cnn")
+    x = x.astype("float32")
+    want = oracle(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"), x, y)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    mon = gk.DiversityMonitor(model, seed=0)
+    model.train_on_batch(x, y)
+    rec = mon.history[-1]
+    np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=1e-4)
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def mlp():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)])
+
+
+def compiled(model=None, **kw):
+    model = model or mlp()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, **kw), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_uncompiled_model_needs_a_reduction():
+    with pytest.raises(ValueError, match="not compiled"):
+        gk.DiversityMonitor(mlp())
+    assert gk.DiversityMonitor(mlp(), loss_reduction="sum").loss_reduction == "sum"
+
+
+def test_unbuilt_model_is_refused():
+    with pytest.raises(ValueError, match="not built"):
+        gk.DiversityMonitor(keras.Sequential([keras.layers.Dense(3)]), loss_reduction="mean")
+
+
+def test_train_mode_batchnorm_is_refused_with_advice():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    compiled(model)
+    gk.DiversityMonitor(model)
+    with pytest.raises(gk.UnsupportedLayerError, match="(?s)BatchNormalization.*LayerNormalization"):
+        model.train_on_batch(np.ones((4, 4)), np.zeros(4))
+
+
+def test_frozen_batchnorm_runs_per_example():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    model.layers[1].trainable = False  # Keras runs a frozen BatchNormalization in inference mode
+    compiled(model)
+    mon = gk.DiversityMonitor(model)
+    model.train_on_batch(np.random.default_rng(0).normal(size=(6, 4)), np.arange(6) % 3)
+    assert mon.history[-1]["skipped"] is None
+
+
+def test_shared_layer_is_refused():
+    shared = keras.layers.Dense(4)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2)(shared(shared(inp))))
+    compiled(model)
+    gk.DiversityMonitor(model)
+    with pytest.raises(gk.UnsupportedLayerError, match="called 2 times"):
+        model.train_on_batch(np.ones((3, 4)), np.zeros(3))
+
+
+def test_batch_of_one_warns_and_is_not_estimated():
+    model = compiled()
+    mon = gk.DiversityMonitor(model)
+    with pytest.warns(RuntimeWarning, match="batch of 1"):
+        model.train_on_batch(np.ones((1, 4)), np.zeros(1))
+    assert mon.history[-1]["skipped"] == "batch of 1"
+
+
+def test_nan_loss_is_skipped_or_raised():
+    model = compiled()
+    mon = gk.DiversityMonitor(model)
+    x = np.ones((4, 4))
+    x[0, 0] = np.nan
+    model.train_on_batch(x, np.zeros(4))
+    assert mon.history[-1]["skipped"] == "non-finite"
+    model = compiled()
+    mon = gk.DiversityMonitor(model, on_nonfinite="raise")
+    with pytest.raises(gdiv.NonFiniteError, match="non-finite"):
+        model.fit(x, np.zeros(4), batch_size=4, verbose=0, callbacks=[gk.DiversityCallback(mon)])
+
+
+def test_lr_schedule_with_an_lr_rule_is_refused():
+    sched = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(sched), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="schedule"):
+        gk.DiversityMonitor(model, policy=gdiv.BatchSizePolicy(max_batch=64))
+    gk.DiversityMonitor(model, policy=gdiv.BatchSizePolicy(max_batch=64), lr_rule="none")
+
+
+def test_unsupported_options_are_refused():
+    with pytest.raises(ValueError, match="mechanisms"):
+        gk.DiversityMonitor(compiled(), mechanism=gdiv.Langevin(0.1))
+    with pytest.raises(ValueError, match="measure_every"):
+        gk.DiversityMonitor(compiled(), measure_every=2)
+    with pytest.raises(ValueError, match="reduction"):
+        m = mlp()
+        m.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError(reduction="none"))
+        gk.DiversityMonitor(m)
+
+
+def test_gradient_outside_recording_is_refused():
+    model = compiled()
+    mon = gk.DiversityMonitor(model)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(np.ones((3, 4)), training=True))
+    with pytest.raises(ValueError, match="recording"):
+        mon.gradient(tape, loss)
+
+
+# -- the adaptive loop, checkpoints, the callback ----------------------------------
+
+
+def digits_like(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    return X, (X[:, 0] + 0.5 * X[:, 1] > 0).astype("int64") + (X[:, 2] > 1).astype("int64")
+
+
+def test_fit_with_adaptive_batches_follows_the_policy_and_the_lr_rule(tmp_path):
+    X, y = digits_like()
+    model = compiled()
+    mon = gk.DiversityMonitor(model, policy=gdiv.BatchSizePolicy(min_batch=8, max_batch=128), dataset_size=len(X), seed=1)
+    batches = gk.AdaptiveBatches(X, y, mon, replacement=False, seed=2)
+    cb = gk.DiversityCallback(mon, log_dir=tmp_path / "tb", plot_path=tmp_path / "h.png", state_path=tmp_path / "s.json", batches=batches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "ran out of data" noise
+        warnings.filterwarnings("ignore", message=".*shuffle.*")
+        hist = model.fit(batches.dataset(), epochs=3, verbose=0, shuffle=False, callbacks=[cb])
+    recs = mon.history
+    # each batch has the size decided after the step before it
+    assert [r["batch"] for r in recs[1:]] == [r["next_batch"] for r in recs[:-1]]
+    assert sum(r["batch"] for r in recs) >= 3 * len(X) and len({r["batch"] for r in recs}) > 2
+    # the lr follows the linear rule from the first batch
+    lr0 = 0.1
+    for r in recs:
+        assert math.isclose(r["lr"], lr0 * r["batch"] / recs[0]["batch"], rel_tol=1e-6)
+    assert math.isclose(float(model.optimizer.learning_rate), recs[-1]["lr"], rel_tol=1e-6)
+    assert {"gdiv_batch_bound", "gdiv_batch", "gdiv_next_batch"} <= set(hist.history)
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    state = json.loads((tmp_path / "s.json").read_text())
+    assert state["epoch"] == 3 and state["monitor"]["controller"]["steps"] == len(recs)
+
+
+def test_resume_makes_the_same_decisions():
+    X, y = digits_like()
+    pol = gdiv.BatchSizePolicy(min_batch=8, max_batch=96)
+
+    def run(steps, state=None):
+        keras.utils.set_random_seed(3)
+        model = compiled()
+        mon = gk.DiversityMonitor(model, policy=pol, dataset_size=len(X), seed=4)
+        batches = gk.AdaptiveBatches(X, y, mon, seed=5)
+        if state is not None:
+            model.set_weights(state["weights"])
+            mon.load_state_dict(json.loads(json.dumps(state["monitor"])))
+            batches.load_state_dict(json.loads(json.dumps(state["batches"])))
+            model.optimizer.learning_rate.assign(state["lr"])
+        it = iter(batches)
+        for _ in range(steps):
+            try:
+                xb, yb = next(it)
+            except StopIteration:
+                it = iter(batches)
+                xb, yb = next(it)
+            model.train_on_batch(xb, yb)
+        return model, mon, batches
+
+    model, full, _ = run(30)
+    m1, mon1, b1 = run(12)
+    state = {"weights": m1.get_weights(), "monitor": mon1.state_dict(), "batches": b1.state_dict(), "lr": float(m1.optimizer.learning_rate)}
+    # mid-pass state: the resumed pass continues where it stopped
+    m2, mon2, _ = run(18, state)
+    assert [r["batch"] for r in mon2.history] == [r["batch"] for r in full.history]
+    np.testing.assert_allclose([r["batch_bound"] for r in mon2.history], [r["batch_bound"] for r in full.history], rtol=1e-6)
+
+
+def test_load_state_dict_refuses_another_setting():
+    mon = gk.DiversityMonitor(compiled(), dataset_size=100)
+    other = gk.DiversityMonitor(compiled(), dataset_size=200)
+    with pytest.raises(ValueError, match="dataset_size"):
+        other.load_state_dict(mon.state_dict())
+
+
+# -- AdaptiveBatches ---------------------------------------------------------------
+
+
+class Fixed:
+    def __init__(self, b):
+        self.batch_size = b
+
+
+def test_adaptive_batches_shuffle_covers_each_example_once_per_pass():
+    X = np.arange(50.0)[:, None]
+    mon = Fixed(7)
+    b = gk.AdaptiveBatches(X, np.arange(50), mon, replacement=False, seed=0)
+    seen = []
+    for i, (xb, yb) in enumerate(b):
+        np.testing.assert_array_equal(xb[:, 0], yb)
+        seen += list(yb)
+        mon.batch_size = 7 + i  # the size may change between batches
+    assert sorted(seen[:50]) == list(range(50))
+    assert len(seen) >= 50
+
+
+def test_adaptive_batches_errors():
+    with pytest.raises(ValueError, match="same number of examples"):
+        gk.AdaptiveBatches(np.ones((5, 2)), np.ones(4), Fixed(2))
+    with pytest.raises(TypeError, match="monitor"):
+        gk.AdaptiveBatches(np.ones((5, 2)), np.ones(5), None)
+    with pytest.raises(ValueError, match="no batch size"):
+        list(gk.AdaptiveBatches(np.ones((5, 2)), np.ones(5), Fixed(None)))
+
+
+# -- gdiv without TensorFlow -------------------------------------------------------
+
+
+def test_gdiv_and_gdiv_torch_import_without_tensorflow_and_keras_says_how_to_install():
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "import gdiv, gdiv.torch\n"
+        "try:\n    import gdiv.keras\nexcept ImportError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERR" in out.stdout and "pip install 'gdiv[tensorflow]'" in out.stdout
