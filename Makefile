@@ -12,7 +12,7 @@ CORE     := ./gdiv ./gdiv/data ./gdiv/train
 KERNEL_PKGS := ./gdiv ./gdiv/train
 
 .DEFAULT_GOAL := help
-.PHONY: help demo demo-go build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
+.PHONY: help demo demo-keras demo-go build test unit purego fuzz-short fuzz bench check-go fmt-check vet clean
 
 include mk/python.mk
 
@@ -28,6 +28,9 @@ build: check-go ## build the CLI into bin/gdiv
 
 demo: py-install ## the main job: an MLP on digits in PyTorch, fixed vs gdiv-adaptive batch (table + PNG)
 	$(VPY) examples/torch_digits.py --out examples/out
+
+demo-keras: py-install ## the same main job in Keras 3 (TensorFlow): model.fit with gdiv.keras (table + PNG)
+	$(VPY) examples/keras_digits.py --out examples/out
 
 demo-go: build ## the same question with the Go reference trainer and the CLI (table + PNGs in out/demo)
 	@sh ./examples/demo.sh $(BIN)

@@ -42,8 +42,14 @@ $(TOOLS_BIN)/gopy $(TOOLS_BIN)/goimports: internal/tools/go.mod internal/tools/g
 py-install: check-go venv py-tools ## build the Go extension and `pip install .` into .venv (what a user runs)
 	$(VPY) -m pip install .
 
-py-test: py-install ## the Python test suite (zero copy, oracle, errors, threads, fork, leaks)
-	cd python/tests && $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) .
+# Two processes: TensorFlow and PyTorch's triton both link LLVM, and a process that loads TensorFlow
+# first aborts when torch later loads triton ("Option ... registered more than once"); the Keras
+# tests (test_*keras*.py) run in a pytest process of their own.
+KERAS_TESTS := test_*keras*.py
+
+py-test: py-install ## the Python test suite (zero copy, oracle, errors, threads, fork, leaks; Keras in a second process)
+	cd python/tests && $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) --ignore-glob='$(KERAS_TESTS)' .
+	cd python/tests && $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) $(KERAS_TESTS)
 
 # The developer loop: the extension is built into python/gdiv once and again
 # only when a Go source changes; Python edits are live (PYTHONPATH=python).
@@ -54,7 +60,12 @@ $(DEV_STAMP): $(GO_SRC) setup.py | venv py-tools
 dev: check-go $(DEV_STAMP) ## fast loop: build the extension in place (rebuilt only when Go changes); Python edits need no install
 
 dev-test: dev ## the Python suite on python/ as it is, no install (T=test_controller.py, PYTEST_ARGS="-q -x -k monitor")
+ifeq ($(T),.)
+	cd python/tests && PYTHONPATH=$(CURDIR)/python $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) --ignore-glob='$(KERAS_TESTS)' .
+	cd python/tests && PYTHONPATH=$(CURDIR)/python $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) $(KERAS_TESTS)
+else
 	cd python/tests && PYTHONPATH=$(CURDIR)/python $(abspath $(VPY)) -m pytest $(PYTEST_ARGS) $(T)
+endif
 
 lint: venv ## ruff check + format check, mypy on the package, gofmt, go vet
 	$(VPY) -m ruff check .

@@ -268,10 +268,21 @@ def test_fit_with_adaptive_batches_follows_the_policy_and_the_lr_rule(tmp_path):
         assert math.isclose(r["lr"], lr0 * r["batch"] / recs[0]["batch"], rel_tol=1e-6)
     assert math.isclose(float(model.optimizer.learning_rate), recs[-1]["lr"], rel_tol=1e-6)
     assert {"gdiv_batch_bound", "gdiv_batch", "gdiv_next_batch"} <= set(hist.history)
+    # the batch dimension is unknown to the graph: one trace for every batch size (Keras's reduce_retracing)
+    assert len({r["batch"] for r in recs}) > 5 and mon.traces <= 2, mon.traces
     assert (tmp_path / "h.png").stat().st_size > 1000
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     state = json.loads((tmp_path / "s.json").read_text())
     assert state["epoch"] == 3 and state["monitor"]["controller"]["steps"] == len(recs)
+
+
+def test_xla_is_turned_off_with_a_warning():
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    mon = gk.DiversityMonitor(model)
+    with pytest.warns(RuntimeWarning, match="XLA"):
+        model.fit(np.ones((8, 4)), np.zeros(8), batch_size=4, verbose=0)
+    assert not model.jit_compile and len(mon.history) == 2
 
 
 def test_resume_makes_the_same_decisions():

@@ -23,6 +23,7 @@ no unit owns (used outside any layer's ``call``).
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import keras
@@ -114,8 +115,8 @@ class Taps:
                 f"gdiv.keras: the trainable variables {missing} are not owned by any layer of the model, so no layer call "
                 "sees how they are used; create them in a layer (add_weight in a keras.layers.Layer)"
             )
-        self.active = False
-        self._records: List[_Record] = []
+        # Per thread: tf.distribute runs each replica's step in a thread of its own.
+        self._tls = threading.local()
         self.attached = False
         self.attach()
 
@@ -158,7 +159,7 @@ class Taps:
                 return call(*args, **kwargs)
             if not u.strip:
                 out = call(*args, **kwargs)
-                self._records.append(_Record(u, args, kwargs, out))
+                self.records.append(_Record(u, args, kwargs, out))
                 return out
             layer = u.layer
             act = layer.activation
@@ -167,7 +168,7 @@ class Taps:
                 z = call(*args, **kwargs)
             finally:
                 layer.activation = act
-            self._records.append(_Record(u, args, kwargs, z))
+            self.records.append(_Record(u, args, kwargs, z))
             return act(z)
 
         return call_and_record
@@ -177,17 +178,38 @@ class Taps:
         """Record the units' calls inside the block (the forward pass)."""
         if not self.attached:
             raise RuntimeError("gdiv.keras: the monitor's taps were removed (monitor.remove()); attach() them again")
-        self._records = []
+        self.records = []
         self.active = True
         try:
             yield self
         finally:
             self.active = False
 
+    @property
+    def active(self) -> bool:
+        """Whether this thread's calls are being recorded."""
+        return getattr(self._tls, "active", False)
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._tls.active = value
+
+    @property
+    def records(self) -> List[_Record]:
+        """This thread's recorded calls."""
+        recs = getattr(self._tls, "records", None)
+        if recs is None:
+            recs = self._tls.records = []
+        return recs
+
+    @records.setter
+    def records(self, value: List[_Record]) -> None:
+        self._tls.records = value
+
     def take(self) -> Tuple[List[_Record], List[Any]]:
         """The recorded calls and their outputs (the tensors whose gradients
         :meth:`per_example` needs), checked: each unit once at most."""
-        recs, self._records = self._records, []
+        recs, self.records = self.records, []
         seen: Dict[int, int] = {}
         for r in recs:
             seen[id(r.unit)] = seen.get(id(r.unit), 0) + 1

@@ -104,16 +104,26 @@ class AdaptiveBatches(IndexStream):
         """An estimate: the batches left in the pass at the current batch size."""
         return self._batches_left()
 
-    def dataset(self) -> tf.data.Dataset:
+    def dataset(self) -> Any:
         """The ``tf.data.Dataset`` of the passes (each iteration: one pass;
-        no prefetching, so each batch follows the latest decision)."""
+        no prefetching, so each batch follows the latest decision). Under
+        the monitor's ``MirroredStrategy`` (more than one replica): the
+        distributed dataset, each global batch split over the replicas,
+        without fetching ahead to the devices; tf.distribute still reads one
+        batch ahead, so there a decision takes effect a batch later (two at
+        a pass's start); the monitor measures each batch as it is."""
         spec = tf.nest.map_structure(_spec, self._data)
         ds = tf.data.Dataset.from_generator(self.__iter__, output_signature=spec)
         opts = tf.data.Options()
         opts.autotune.enabled = False
         opts.experimental_optimization.inject_prefetch = False
         opts.deterministic = True
-        return ds.with_options(opts)
+        ds = ds.with_options(opts)
+        strategy = getattr(self.monitor, "strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            ahead = tf.distribute.InputOptions(experimental_fetch_to_device=False, experimental_per_replica_buffer_size=0)
+            ds = strategy.experimental_distribute_dataset(ds, ahead)
+        return ds
 
     def state_dict(self) -> Dict[str, Any]:
         """The pass position and the generator state (plain data)."""

@@ -23,6 +23,7 @@ enters Σ‖g_i‖² exactly, from the data part's per-example norms, ⟨G, r⟩
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import keras
@@ -40,7 +41,7 @@ _F64 = tf.float64
 _STATE_VERSION = 1
 _COMPAT_KEYS = ("loss_reduction", "sampling", "dataset_size")
 # What leaves the graph each step (vec) and comes back (out).
-_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr")
+_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr", "sum_sq_local_batches")
 _OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed")
 
 
@@ -162,10 +163,12 @@ class DiversityMonitor:
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError("gdiv.keras.DiversityMonitor: writer must have add_scalar(tag, value, step)")
         strategy = tf.distribute.get_strategy()
-        if strategy.num_replicas_in_sync > 1:
+        self.strategy = strategy
+        self.world_size = int(strategy.num_replicas_in_sync)
+        if self.world_size > 1 and not isinstance(strategy, tf.distribute.MirroredStrategy):
             raise ValueError(
-                f"gdiv.keras.DiversityMonitor: a tf.distribute strategy with {strategy.num_replicas_in_sync} replicas is not "
-                "supported yet; monitor a single replica (PyTorch DDP is supported by gdiv.torch)"
+                f"gdiv.keras.DiversityMonitor: {type(strategy).__name__} with {self.world_size} replicas is not supported; "
+                "tf.distribute.MirroredStrategy is (build the model, compile it and build the monitor inside its scope)"
             )
         if loss_reduction == "auto":
             loss_reduction = _reduction_of(model)
@@ -185,6 +188,7 @@ class DiversityMonitor:
             lr_rule=lr_rule,
             seed=seed,
             max_lr_factor=max_lr_factor,
+            world_size=self.world_size,  # Go rounds the policy: equal shares per replica
         )
         self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
@@ -195,6 +199,7 @@ class DiversityMonitor:
         self._taps = Taps(model)
         self._error: Optional[BaseException] = None
         self._installed = False
+        self.traces = 0  # how many times the monitored step was traced (tf.function retraces)
         if optimizer is not None or getattr(model, "optimizer", None) is not None:
             self._check_lr(self.optimizer)
         if attach:
@@ -221,16 +226,38 @@ class DiversityMonitor:
         ``fit``). Idempotent."""
         self._taps.attach()
         if not self._installed:
-            self._model.train_step = self._train_step
-            self._model.train_function = None  # fit traces the monitored step
+            model = self._model
+            make = model.make_train_function
+
+            def make_train_function(force: bool = False) -> Any:
+                self._no_xla()
+                return make(force=force)
+
+            model.train_step = self._train_step
+            model.make_train_function = make_train_function
+            model.train_function = None  # fit traces the monitored step
             self._installed = True
         return self
+
+    def _no_xla(self) -> None:
+        """The step's host call (tf.numpy_function) cannot run inside XLA:
+        fit's step is compiled without it (Keras's "auto" picks XLA on GPUs)."""
+        model = self._model
+        if getattr(model, "jit_compile", False):
+            warnings.warn(
+                "gdiv.keras: the monitored train step calls Go once per step (tf.numpy_function), which XLA cannot "
+                "compile: running it with jit_compile=False (compile(jit_compile=False) silences this)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            model.jit_compile = False
 
     def remove(self) -> None:
         """Restore the model's own ``call``s and ``train_step``. Safe twice."""
         self._taps.remove()
         if self._installed:
             self._model.__dict__.pop("train_step", None)
+            self._model.__dict__.pop("make_train_function", None)
             self._model.train_function = None
             self._installed = False
 
@@ -298,6 +325,7 @@ class DiversityMonitor:
         """Keras's train_step with the measurement between the gradient and
         the update."""
         model = self._model
+        self.traces += 1
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with self._taps.recording(), tf.GradientTape() as tape:
             y_pred = model(x, training=True)
@@ -330,7 +358,7 @@ class DiversityMonitor:
                 "gdiv.keras.DiversityMonitor.gradient: variables must be the model's trainable variables (in order); "
                 "the monitor measures the whole model's gradient"
             )
-        recs = self._taps._records
+        recs = self._taps.records
         if not recs:
             raise ValueError(
                 "gdiv.keras.DiversityMonitor.gradient: no layer call was recorded: run the forward pass inside "
@@ -364,23 +392,50 @@ class DiversityMonitor:
                 )
         per_example = self._taps.per_example(recs, douts, batch)
         sum_sq = tf.reduce_sum(per_example)
-        sq_sum = tf.add_n([_sq_norm(g) for g in grads])
         scale = _loss_scale(opt)
-        reg = [(grads[i], r) for i, r in self._regularization_gradients(variables)]
-        if reg:
-            # f_i = ℓ_i + R (mean) or ℓ_i + R/B (sum): Σ‖a_i + r‖² from the data part's norms (module doc).
-            b = tf.cast(batch, _F64)
-            dot = tf.add_n([_dot(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
-            rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
-            sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
-        lr = tf.constant(math.nan, _F64) if opt is None else tf.cast(opt.learning_rate, _F64)
-        vec = tf.stack([tf.cast(batch, _F64), sum_sq, sq_sum, scale, tf.cast(loss, _F64), lr])
+        b = tf.cast(batch, _F64)
+        loss64 = tf.cast(loss, _F64)
+        ctx = tf.distribute.get_replica_context()
+        if self.world_size > 1 and ctx is not None:
+            # One all-reduce of the gradients (for ‖G‖²; the optimizer reduces them again) and one of the few
+            # scalars; every replica then holds the same global numbers. Keras's mean loss is already divided
+            # by the replica count, so the per-example gradients are those of the global batch's mean.
+            if self._regularization_gradients(variables):
+                raise ValueError("gdiv.keras: weight regularizers under tf.distribute are not supported yet")
+            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(g) for g in grads])
+            sq_sum = tf.add_n([_sq_norm(g) for g in reduced])
+            sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([b, b * b, sum_sq, loss64]))
+            vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], self._lr_of(opt), sums[1]])
+            ctx.merge_call(self._host_once, args=(vec,))  # stateful: runs in the graph, output unused
+        else:
+            sq_sum = tf.add_n([_sq_norm(g) for g in grads])
+            reg = [(grads[i], r) for i, r in self._regularization_gradients(variables)]
+            if reg:
+                # f_i = ℓ_i + R (mean) or ℓ_i + R/B (sum): Σ‖a_i + r‖² from the data part's norms (module doc).
+                dot = tf.add_n([_dot(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
+                rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
+                sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
+            vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, self._lr_of(opt), b * b])
+            self._host_call(vec)  # stateful: runs in the graph, output unused
+        return grads
+
+    @staticmethod
+    def _lr_of(opt: Any) -> Any:
+        return tf.constant(math.nan, _F64) if opt is None else tf.cast(opt.learning_rate, _F64)
+
+    def _host_call(self, vec: Any) -> Any:
+        """The host call and the learning rate it sets (in the graph)."""
         out = tf.numpy_function(self._host, [vec], _F64, stateful=True, name="gdiv_controller")
         out.set_shape([len(_OUT)])
+        opt = self.optimizer
         if opt is not None and self.lr_rule != "none":
             var = getattr(opt, "inner_optimizer", opt)._learning_rate
             var.assign(tf.where(out[1] > 0, tf.cast(out[0], var.dtype), var))
-        return grads
+        return out
+
+    def _host_once(self, strategy: Any, vec: Any) -> Any:
+        """merge_call: the replicas' (equal) vectors, one host call."""
+        return self._host_call(strategy.experimental_local_results(vec)[0])
 
     @staticmethod
     def _regularization_gradients(variables: List[Any]) -> List[Any]:
@@ -398,7 +453,13 @@ class DiversityMonitor:
         out = np.zeros(len(_OUT))
         try:
             self.raise_pending()  # an unreported error of the step before
-            b, sum_sq, sq_sum, scale, loss, lr = (float(v) for v in vec)
+            b, sum_sq, sq_sum, scale, loss, lr, b2 = (float(v) for v in vec)
+            if self.world_size > 1 and self.loss_reduction == "mean" and b2 * self.world_size != b * b:
+                raise ValueError(
+                    f"gdiv.keras: the global batch of {int(b)} examples was split unequally over {self.world_size} replicas: "
+                    "with a mean loss each replica's examples then weigh differently; use global batches divisible by "
+                    "the replica count (gdiv.keras.AdaptiveBatches with the monitor's policy does; dataset.batch(..., drop_remainder=True))"
+                )
             d = self.controller.observe(int(b), sum_sq, sq_sum, mean=self.loss_reduction == "mean", norms_scale=scale, grad_scale=scale)
             new = self._session.learning_rates(int(b), d.lr_factor, None if math.isnan(lr) else [lr])
             used = lr if new is None else new[0]
