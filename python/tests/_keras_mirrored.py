@@ -74,6 +74,46 @@ def run(strategy, adaptive=False):
     }
 
 
+def two_scale(strategy):
+    """mode="two_scale" on the fixed batches with the weights held (lr 0)
+    and no smoothing: each step's estimate, and McCandlish's pair computed
+    here from the two halves' mean gradients and the whole batch's."""
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.BatchNormalization(), keras.layers.Dense(3)]
+        )
+        red = "sum" if reduction == "sum" else "sum_over_batch_size"
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=red))
+        mon = gk.DiversityMonitor(model, mode="two_scale", estimator_beta=0.0, seed=2)
+    cuts = np.cumsum([0] + SIZES)
+    batches = [ORDER[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+    def mean_grad(idx):  # BatchNormalization in train mode: each replica normalizes with its own half's statistics
+        with tf.GradientTape() as t:
+            value = loss(y[idx], model(X[idx], training=True)) / len(idx)
+        return np.concatenate([np.ravel(g.numpy()) for g in t.gradient(value, model.trainable_variables)])
+
+    want = []
+    for idx in batches:
+        if len(idx) < 2:
+            want.append(None)
+            continue
+        h = len(idx) // 2
+        g1, g2 = mean_grad(idx[:h]), mean_grad(idx[h:])
+        G = (g1 + g2) / 2  # the global mean gradient as the replicas make it
+        est = gdiv.estimate_two_scale(h, (g1 @ g1 + g2 @ g2) / 2, len(idx), G @ G)
+        want.append([est.m2, est.g])
+    spec = (tf.TensorSpec((None, 6), tf.float64), tf.TensorSpec((None,), tf.int64))
+    ds = tf.data.Dataset.from_generator(lambda: ((X[i], y[i]) for i in batches), output_signature=spec)
+    model.fit(ds, epochs=1, verbose=0, shuffle=False, callbacks=[gk.DiversityCallback(mon)])
+    got = [[r["m2"], r["g"]] for r in mon.history]
+    return {"got": got, "want": want, "skipped": [r["skipped"] for r in mon.history]}
+
+
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-out = {"mirrored": run(mirrored), "single": run(tf.distribute.get_strategy()), "adaptive": run(mirrored, adaptive=True)}
+out = {"mirrored": run(mirrored), "single": run(tf.distribute.get_strategy())}
+if reduction == "mean":  # the rest once
+    out.update(adaptive=run(mirrored, adaptive=True), two_scale=two_scale(mirrored))
 print(json.dumps(out))

@@ -222,8 +222,8 @@ def test_lr_schedule_with_an_lr_rule_is_refused():
 def test_unsupported_options_are_refused():
     with pytest.raises(ValueError, match="mechanisms"):
         gk.DiversityMonitor(compiled(), mechanism=gdiv.Langevin(0.1))
-    with pytest.raises(ValueError, match="measure_every"):
-        gk.DiversityMonitor(compiled(), measure_every=2)
+    with pytest.raises(gdiv.ParamError, match="measure_every"):
+        gk.DiversityMonitor(compiled(), measure_every=0)
     with pytest.raises(ValueError, match="reduction"):
         m = mlp()
         m.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError(reduction="none"))
@@ -274,6 +274,25 @@ def test_fit_with_adaptive_batches_follows_the_policy_and_the_lr_rule(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     state = json.loads((tmp_path / "s.json").read_text())
     assert state["epoch"] == 3 and state["monitor"]["controller"]["steps"] == len(recs)
+
+
+def test_measure_every_skips_the_per_example_work_and_keeps_the_lr_rule():
+    X, y = digits_like()
+    model = compiled()
+    mon = gk.DiversityMonitor(model, policy=gdiv.BatchSizePolicy(min_batch=8, max_batch=128), dataset_size=len(X), seed=1, measure_every=3)
+    batches = gk.AdaptiveBatches(X, y, mon, seed=2)
+    model.fit(batches.dataset(), epochs=2, verbose=0, shuffle=False, callbacks=[gk.DiversityCallback(mon)])
+    steps = [r["step"] for r in mon.history]
+    assert steps == list(range(1, mon.steps + 1, 3)) and mon.steps > 12  # only measured steps are recorded
+    assert mon.examples >= 2 * len(X)
+    # the lr rule ran on every step, measured or not: the last step's factor is in the optimizer
+    assert mon.lr_factor > 1 and math.isclose(float(model.optimizer.learning_rate), 0.1 * mon.lr_factor, rel_tol=1e-6)
+    assert len({r["batch"] for r in mon.history}) > 2  # decisions after the measured steps
+
+
+def test_two_scale_needs_replicas():
+    with pytest.raises(ValueError, match="two_scale"):
+        gk.DiversityMonitor(compiled(), mode="two_scale")
 
 
 def test_xla_is_turned_off_with_a_warning():

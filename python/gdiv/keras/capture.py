@@ -79,12 +79,14 @@ class Taps:
 
     Args:
         model: a built ``keras.Model`` (or layer) on the TensorFlow backend.
+        taps: False: no units and no wrappers (two_scale needs none; every
+            layer, BatchNormalization included, is then fine).
 
     Raises:
         UnsupportedLayerError: no trainable variables, or one that no layer owns.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, taps: bool = True) -> None:
         if not isinstance(model, keras.layers.Layer):
             raise TypeError(f"gdiv.keras: model must be a keras.Model (or Layer), got {type(model).__name__}")
         if not model.built:
@@ -98,6 +100,11 @@ class Taps:
             raise UnsupportedLayerError(f"gdiv.keras: the model {model.name!r} has no trainable variables")
         want = {id(v) for v in self.trainable}
         self.units: List[Unit] = []
+        # Per thread: tf.distribute runs each replica's step in a thread of its own.
+        self._tls = threading.local()
+        self.attached = False
+        if not taps:
+            return
         self._find(model, want)
         covered: Dict[int, Unit] = {}
         for u in self.units:
@@ -115,9 +122,6 @@ class Taps:
                 f"gdiv.keras: the trainable variables {missing} are not owned by any layer of the model, so no layer call "
                 "sees how they are used; create them in a layer (add_weight in a keras.layers.Layer)"
             )
-        # Per thread: tf.distribute runs each replica's step in a thread of its own.
-        self._tls = threading.local()
-        self.attached = False
         self.attach()
 
     def _find(self, layer: Any, want: set) -> None:
@@ -176,7 +180,7 @@ class Taps:
     @contextlib.contextmanager
     def recording(self) -> Iterator["Taps"]:
         """Record the units' calls inside the block (the forward pass)."""
-        if not self.attached:
+        if not self.attached and self.units:
             raise RuntimeError("gdiv.keras: the monitor's taps were removed (monitor.remove()); attach() them again")
         self.records = []
         self.active = True

@@ -41,8 +41,8 @@ _F64 = tf.float64
 _STATE_VERSION = 1
 _COMPAT_KEYS = ("loss_reduction", "sampling", "dataset_size")
 # What leaves the graph each step (vec) and comes back (out).
-_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr", "sum_sq_local_batches")
-_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed")
+_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr", "sum_sq_local_batches", "measured", "b_small", "sq_norm_small")
+_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed", "measure_next")
 
 
 def _reduction_of(model: Any) -> str:
@@ -149,13 +149,15 @@ class DiversityMonitor:
         seed: Optional[int] = None,
         max_lr_factor: Optional[float] = None,
         mechanism: Any = None,
-        measure_every: int = 1,
+        mode: str = "norms",
+        measure_every: Any = 1,
+        max_measure_every: int = 16,
         attach: bool = True,
     ) -> None:
         if mechanism is not None:
             raise ValueError("gdiv.keras.DiversityMonitor: mechanisms are not supported in Keras yet (PyTorch's monitor has them)")
-        if measure_every != 1:
-            raise ValueError("gdiv.keras.DiversityMonitor: measure_every must be 1 in Keras for now (every step is measured)")
+        if mode not in ("norms", "two_scale"):
+            raise ValueError(f"gdiv.keras.DiversityMonitor: mode must be 'norms' or 'two_scale', got {mode!r}")
         if on_nonfinite not in ("skip", "raise"):
             raise ValueError(f"gdiv.keras.DiversityMonitor: on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}")
         if policy is not None and not isinstance(policy, BatchSizePolicy):
@@ -169,6 +171,11 @@ class DiversityMonitor:
             raise ValueError(
                 f"gdiv.keras.DiversityMonitor: {type(strategy).__name__} with {self.world_size} replicas is not supported; "
                 "tf.distribute.MirroredStrategy is (build the model, compile it and build the monitor inside its scope)"
+            )
+        if mode == "two_scale" and self.world_size < 2:
+            raise ValueError(
+                "gdiv.keras.DiversityMonitor: mode='two_scale' compares each replica's gradient with the global one and "
+                "needs tf.distribute.MirroredStrategy with ≥ 2 replicas (Keras has no gradient accumulation); use mode='norms'"
             )
         if loss_reduction == "auto":
             loss_reduction = _reduction_of(model)
@@ -189,6 +196,8 @@ class DiversityMonitor:
             seed=seed,
             max_lr_factor=max_lr_factor,
             world_size=self.world_size,  # Go rounds the policy: equal shares per replica
+            measure_every=measure_every,
+            max_measure_every=max_measure_every,
         )
         self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
@@ -196,7 +205,10 @@ class DiversityMonitor:
         self.sampling = sampling
         self.dataset_size = None if dataset_size is None else int(dataset_size)
         self._optimizer = optimizer
-        self._taps = Taps(model)
+        self.mode = mode
+        self._taps = Taps(model, taps=mode == "norms")
+        # The cadence's flag for the next step, read in the graph (set by the host call).
+        self._measure = tf.Variable(controller.measure_next, trainable=False, dtype=tf.bool, name="gdiv_measure_next")
         self._error: Optional[BaseException] = None
         self._installed = False
         self.traces = 0  # how many times the monitored step was traced (tf.function retraces)
@@ -339,7 +351,7 @@ class DiversityMonitor:
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return logs
 
-    def gradient(self, tape: Any, loss: Any, variables: Optional[Sequence[Any]] = None) -> List[Any]:
+    def gradient(self, tape: Any, loss: Any, variables: Optional[Sequence[Any]] = None, *, batch: Any = None) -> List[Any]:
         """A custom loop's ``tape.gradient``: the batch gradients of ``loss``
         w.r.t. ``variables`` (default: the model's trainable variables), with
         the step measured and decided, and the learning rate set for this
@@ -350,7 +362,9 @@ class DiversityMonitor:
             grads = monitor.gradient(tape, loss)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
-        Works eagerly and inside ``tf.function``.
+        Works eagerly and inside ``tf.function``. ``batch``: the step's
+        examples (``tf.shape(x)[0]``; default: read off the first measured
+        layer's output; needed in two_scale mode, which taps no layer).
         """
         variables = list(self._model.trainable_variables if variables is None else variables)
         if [id(v) for v in variables] != [id(v) for v in self._taps.trainable]:
@@ -359,12 +373,13 @@ class DiversityMonitor:
                 "the monitor measures the whole model's gradient"
             )
         recs = self._taps.records
-        if not recs:
-            raise ValueError(
-                "gdiv.keras.DiversityMonitor.gradient: no layer call was recorded: run the forward pass inside "
-                "`with monitor.recording(), tf.GradientTape() as tape:`"
-            )
-        batch = self._batch_of(recs)
+        if batch is None:
+            if not recs:
+                raise ValueError(
+                    "gdiv.keras.DiversityMonitor.gradient: no layer call was recorded: run the forward pass inside "
+                    "`with monitor.recording(), tf.GradientTape() as tape:` (in two_scale mode pass batch=tf.shape(x)[0])"
+                )
+            batch = self._batch_of(recs)
         opt = self.optimizer
         grads = self._measured_gradients(tape, loss, loss, batch, variables, opt)
         if tf.executing_eagerly():
@@ -390,11 +405,17 @@ class DiversityMonitor:
                     f"gdiv.keras: the variable {v.path!r} got no gradient from the loss; freeze it (trainable=False) so that "
                     "the monitor measures only what is trained"
                 )
-        per_example = self._taps.per_example(recs, douts, batch)
-        sum_sq = tf.reduce_sum(per_example)
+        measure = tf.convert_to_tensor(self._measure)
+        zero = tf.constant(0.0, _F64)
+        if self.mode == "norms":
+            # The per-example work only on measured steps (the cadence); an unmeasured step costs the flag.
+            sum_sq = tf.cond(measure, lambda: tf.reduce_sum(self._taps.per_example(recs, douts, batch)), lambda: zero)
+        else:
+            sum_sq = zero
         scale = _loss_scale(opt)
         b = tf.cast(batch, _F64)
         loss64 = tf.cast(loss, _F64)
+        measured = tf.cast(measure, _F64)
         ctx = tf.distribute.get_replica_context()
         if self.world_size > 1 and ctx is not None:
             # One all-reduce of the gradients (for ‖G‖²; the optimizer reduces them again) and one of the few
@@ -402,10 +423,16 @@ class DiversityMonitor:
             # by the replica count, so the per-example gradients are those of the global batch's mean.
             if self._regularization_gradients(variables):
                 raise ValueError("gdiv.keras: weight regularizers under tf.distribute are not supported yet")
-            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(g) for g in grads])
+            dense = [tf.convert_to_tensor(g) for g in grads]
+            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense)
             sq_sum = tf.add_n([_sq_norm(g) for g in reduced])
-            sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([b, b * b, sum_sq, loss64]))
-            vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], self._lr_of(opt), sums[1]])
+            # two_scale: this replica's own gradient, before the all-reduce (with a mean loss it is 1/R of
+            # the local batch's mean gradient)
+            local = tf.add_n([_sq_norm(g) for g in dense]) if self.mode == "two_scale" else zero
+            sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([b, b * b, sum_sq, loss64, local]))
+            r = float(self.world_size)
+            small = sums[4] * (r if self.loss_reduction == "mean" else 1.0 / r)  # mean over replicas of ‖ḡ_r‖² (mean) or ‖g_r‖² (sum)
+            vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], self._lr_of(opt), sums[1], measured, b, small])
             ctx.merge_call(self._host_once, args=(vec,))  # stateful: runs in the graph, output unused
         else:
             sq_sum = tf.add_n([_sq_norm(g) for g in grads])
@@ -415,7 +442,7 @@ class DiversityMonitor:
                 dot = tf.add_n([_dot(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
                 rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
                 sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
-            vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, self._lr_of(opt), b * b])
+            vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, self._lr_of(opt), b * b, measured, zero, zero])
             self._host_call(vec)  # stateful: runs in the graph, output unused
         return grads
 
@@ -431,6 +458,7 @@ class DiversityMonitor:
         if opt is not None and self.lr_rule != "none":
             var = getattr(opt, "inner_optimizer", opt)._learning_rate
             var.assign(tf.where(out[1] > 0, tf.cast(out[0], var.dtype), var))
+        self._measure.assign(out[5] > 0)
         return out
 
     def _host_once(self, strategy: Any, vec: Any) -> Any:
@@ -453,25 +481,35 @@ class DiversityMonitor:
         out = np.zeros(len(_OUT))
         try:
             self.raise_pending()  # an unreported error of the step before
-            b, sum_sq, sq_sum, scale, loss, lr, b2 = (float(v) for v in vec)
+            b, sum_sq, sq_sum, scale, loss, lr, b2, measured, b_small, sq_small = (float(v) for v in vec)
             if self.world_size > 1 and self.loss_reduction == "mean" and b2 * self.world_size != b * b:
                 raise ValueError(
                     f"gdiv.keras: the global batch of {int(b)} examples was split unequally over {self.world_size} replicas: "
                     "with a mean loss each replica's examples then weigh differently; use global batches divisible by "
                     "the replica count (gdiv.keras.AdaptiveBatches with the monitor's policy does; dataset.batch(..., drop_remainder=True))"
                 )
-            d = self.controller.observe(int(b), sum_sq, sq_sum, mean=self.loss_reduction == "mean", norms_scale=scale, grad_scale=scale)
+            mean = self.loss_reduction == "mean"
+            if not measured:
+                d = self.controller.observe(int(b), 0.0, 0.0, unmeasured=True)
+            elif self.mode == "two_scale":
+                d = self.controller.observe(
+                    int(b), 0.0, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale, b_small=int(b_small), sq_norm_small=sq_small
+                )
+            else:
+                d = self.controller.observe(int(b), sum_sq, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale)
             new = self._session.learning_rates(int(b), d.lr_factor, None if math.isnan(lr) else [lr])
             used = lr if new is None else new[0]
             self._session.check(d)
-            self._session.record(d, None if math.isnan(used) else used, loss)
+            self._session.record(d, None if math.isnan(used) else used, loss, keep=bool(measured))
             out[0] = used
             out[1] = 0.0 if new is None else 1.0
             out[2] = d.smoothed.batch_bound
             out[3] = float(d.next_batch or 0)
+            out[5] = 1.0 if d.measure_next else 0.0
         except Exception as e:  # kept for raise_pending(): the graph cannot carry a Python exception
             self._error = e
             out[4] = 1.0
+            out[5] = 1.0
         return out
 
     # -- checkpoints -------------------------------------------------------------
@@ -503,6 +541,7 @@ class DiversityMonitor:
                     f"{key}={getattr(self, key)!r}; build the monitor with the same settings"
                 )
         self._session.load_state_dict(state)
+        self._measure.assign(self.controller.measure_next)
 
     def __repr__(self) -> str:
         bb = self.controller.smoothed.batch_bound
