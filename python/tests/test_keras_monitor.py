@@ -138,7 +138,37 @@ def test_float32_model_within_float32_rounding():
     np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=1e-4)
 
 
+def test_mixed_precision_undoes_the_loss_scale():
+    """mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer (scale 32768); the norms are
+    those of the unscaled loss, equal to a float32 loop to float16 rounding."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3, dtype="float32")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    mon = gk.DiversityMonitor(model, seed=0)
+    x, y = np.random.default_rng(0).normal(size=(6, 8)).astype("float32"), np.arange(6) % 3
+    model.train_on_batch(x, y)
+    keras.config.set_dtype_policy("float32")
+    ref = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)])
+    ref.set_weights(model.get_weights())
+    want = oracle(ref, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"), x, y)
+    rec = mon.history[-1]
+    assert float(model.optimizer.dynamic_scale) > 1000
+    np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=1e-2)
+
+
 # -- bad input -------------------------------------------------------------------
+
+
+def test_sparse_input_is_refused_with_the_layer_named():
+    inp = keras.Input((6,), sparse=True)
+    model = keras.Model(inp, keras.layers.Dense(3)(inp))
+    compiled(model)
+    gk.DiversityMonitor(model)
+    x = tf.sparse.from_dense(np.eye(4, 6))
+    with pytest.raises(gk.UnsupportedLayerError, match="(?i)sparse"):
+        model.train_on_batch(x, np.zeros(4))
 
 
 def mlp():

@@ -75,8 +75,9 @@ def _reduction_of(model: Any) -> str:
 def _loss_scale(optimizer: Any) -> Any:
     if optimizer is None:
         return tf.constant(1.0, _F64)
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), _F64)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # the scale its scale_loss used
+        scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+        return tf.cast(tf.convert_to_tensor(scale), _F64)
     f = getattr(optimizer, "loss_scale_factor", None)
     return tf.constant(1.0 if f is None else float(f), _F64)
 
