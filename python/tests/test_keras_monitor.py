@@ -158,6 +158,66 @@ def test_mixed_precision_undoes_the_loss_scale():
     np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=1e-2)
 
 
+# -- Langevin ---------------------------------------------------------------------
+
+
+def loop_step(model, mon, x, y, loss):
+    with mon.recording(), tf.GradientTape() as tape:
+        value = loss(y, model(x, training=True))
+    grads = mon.gradient(tape, value)
+    return np.concatenate([np.ravel(tf.convert_to_tensor(g).numpy()) for g in grads])
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
+def test_langevin_shifts_m2_by_d_sigma2_and_adds_the_right_noise(reduction):
+    """As gdiv.torch's norms mode: one Gaussian on the batch gradient (variance from
+    Langevin.sum_noise_std), M̂² = the clean one + d·σ² exactly, Ĝ unbiased (over seeds)."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(2)])
+    x, y = np.random.default_rng(0).normal(size=(6, 4)), np.arange(6) % 2
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    red = "sum" if reduction == "sum" else "mean"
+    d = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    clean = gk.DiversityMonitor(model, loss_reduction=red, estimator_beta=0.0)
+    g0 = loop_step(model, clean, x, y, loss)
+    base = clean.history[-1]
+    clean.remove()
+    mech = gdiv.Langevin(0.3)
+    m2s, gs, noise = [], [], []
+    for seed in range(100):
+        mon = gk.DiversityMonitor(model, loss_reduction=red, mechanism=mech, estimator_beta=0.0, seed=seed)
+        noise.append(loop_step(model, mon, x, y, loss) - g0)
+        mon.remove()
+        m2s.append(mon.history[-1]["m2"])
+        gs.append(mon.history[-1]["g"])
+    np.testing.assert_allclose(m2s, base["m2"] + d * 0.3**2, rtol=1e-9)
+    gs = np.array(gs)
+    assert abs(gs.mean() - base["g"]) <= 4 * gs.std(ddof=1) / math.sqrt(len(gs))
+    noise = np.array(noise).ravel()
+    want = mech.sum_noise_std(6, reduction=red) ** 2
+    assert abs(noise.var() - want) <= 4 * want * math.sqrt(2 / noise.size)
+
+
+def test_langevin_draws_follow_the_seed_and_resume():
+    x, y = np.random.default_rng(0).normal(size=(6, 4)), np.arange(6) % 3
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = mlp()
+    runs = []
+    for seed in (5, 5, 6):
+        mon = gk.DiversityMonitor(model, loss_reduction="mean", mechanism=gdiv.Langevin(0.1), seed=seed)
+        runs.append([loop_step(model, mon, x, y, loss) for _ in range(2)])
+        mon.remove()
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][0], runs[2][0]) and not np.array_equal(runs[0][0], runs[0][1])
+    # a resumed monitor draws the second step's noise
+    mon = gk.DiversityMonitor(model, loss_reduction="mean", mechanism=gdiv.Langevin(0.1), seed=5)
+    loop_step(model, mon, x, y, loss)
+    state = mon.state_dict()
+    mon.remove()
+    again = gk.DiversityMonitor(model, loss_reduction="mean", mechanism=gdiv.Langevin(0.1), seed=5)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(loop_step(model, again, x, y, loss), runs[0][1])
+
+
 # -- bad input -------------------------------------------------------------------
 
 
@@ -250,8 +310,8 @@ def test_lr_schedule_with_an_lr_rule_is_refused():
 
 
 def test_unsupported_options_are_refused():
-    with pytest.raises(ValueError, match="mechanisms"):
-        gk.DiversityMonitor(compiled(), mechanism=gdiv.Langevin(0.1))
+    with pytest.raises(ValueError, match="per-example gradients"):
+        gk.DiversityMonitor(compiled(), mechanism=gdiv.Dropout(0.1))
     with pytest.raises(gdiv.ParamError, match="measure_every"):
         gk.DiversityMonitor(compiled(), measure_every=0)
     with pytest.raises(ValueError, match="reduction"):

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from .._session import Session
 from ..controller import Controller, EstimatorView
+from ..mechanisms import Langevin
 from ..policy import BatchSizePolicy
 from .capture import Taps
 
@@ -42,7 +43,8 @@ _STATE_VERSION = 1
 _COMPAT_KEYS = ("loss_reduction", "sampling", "dataset_size")
 # What leaves the graph each step (vec) and comes back (out).
 _VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr", "sum_sq_local_batches", "measured", "b_small", "sq_norm_small")
-_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed", "measure_next")
+_VEC_NOISE = ("dim", "noise_dot", "noise_sq_norm")  # appended with Langevin noise
+_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed", "measure_next", "noise_std", "seed_hi", "seed_lo")
 
 
 def _reduction_of(model: Any) -> str:
@@ -80,6 +82,11 @@ def _loss_scale(optimizer: Any) -> Any:
         return tf.cast(tf.convert_to_tensor(scale), _F64)
     f = getattr(optimizer, "loss_scale_factor", None)
     return tf.constant(1.0 if f is None else float(f), _F64)
+
+
+def _halves(seed: int) -> List[int]:
+    """A 64-bit seed as two 32-bit halves (exact in float64 and int64)."""
+    return [seed >> 32, seed & 0xFFFFFFFF]
 
 
 def _sq_norm(g: Any) -> Any:
@@ -126,11 +133,18 @@ class DiversityMonitor:
         writer: any object with ``add_scalar(tag, value, step)``.
         seed: base seed of the controller (kept in :meth:`state_dict`).
         max_lr_factor: None, or a cap ≥ 1 on the LR rule's factor.
+        mechanism: None or ``gdiv.Langevin`` (norms mode): noise added once
+            to the batch gradient, drawn in the graph from Go's step seeds;
+            its effect on M² is Go's analytic correction.
+        mode: "norms" (per-example norms from the layer taps) or
+            "two_scale" (MirroredStrategy: each replica's gradient against
+            the global one; no taps, any model).
+        measure_every, max_measure_every: the cadence (as gdiv.torch's).
         attach: install the taps and the ``train_step`` now.
 
-    Not yet supported (refused): mechanisms (Langevin, Dropout,
-    Quantize), ``measure_every`` ≠ 1, ``tf.distribute`` strategies with
-    more than one replica, learning-rate schedules with an LR rule.
+    Not supported yet (refused): Dropout and Quantize (they need
+    per-example gradients), strategies other than MirroredStrategy, weight
+    regularizers under a strategy, learning-rate schedules with an LR rule.
     """
 
     def __init__(
@@ -155,8 +169,13 @@ class DiversityMonitor:
         max_measure_every: int = 16,
         attach: bool = True,
     ) -> None:
-        if mechanism is not None:
-            raise ValueError("gdiv.keras.DiversityMonitor: mechanisms are not supported in Keras yet (PyTorch's monitor has them)")
+        if mechanism is not None and not isinstance(mechanism, Langevin):
+            raise ValueError(
+                f"gdiv.keras.DiversityMonitor: {type(mechanism).__name__} needs per-example gradients (PyTorch's full mode); "
+                "Keras supports gdiv.Langevin (noise added once to the batch gradient) for now"
+            )
+        if mechanism is not None and mode != "norms":
+            raise ValueError("gdiv.keras.DiversityMonitor: Langevin noise is for mode='norms'")
         if mode not in ("norms", "two_scale"):
             raise ValueError(f"gdiv.keras.DiversityMonitor: mode must be 'norms' or 'two_scale', got {mode!r}")
         if on_nonfinite not in ("skip", "raise"):
@@ -199,6 +218,7 @@ class DiversityMonitor:
             world_size=self.world_size,  # Go rounds the policy: equal shares per replica
             measure_every=measure_every,
             max_measure_every=max_measure_every,
+            langevin_std=0.0 if mechanism is None else mechanism.std,
         )
         self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
@@ -210,6 +230,9 @@ class DiversityMonitor:
         self._taps = Taps(model, taps=mode == "norms")
         # The cadence's flag for the next step, read in the graph (set by the host call).
         self._measure = tf.Variable(controller.measure_next, trainable=False, dtype=tf.bool, name="gdiv_measure_next")
+        self.mechanism = mechanism
+        # The Langevin draws' seed of the next step (Go's step seed, as two 32-bit halves), set by the host call.
+        self._seed = tf.Variable(_halves(controller.next_seed), trainable=False, dtype=tf.int64, name="gdiv_step_seed")
         self._error: Optional[BaseException] = None
         self._installed = False
         self.traces = 0  # how many times the monitored step was traced (tf.function retraces)
@@ -408,6 +431,7 @@ class DiversityMonitor:
                 )
         measure = tf.convert_to_tensor(self._measure)
         zero = tf.constant(0.0, _F64)
+        xis = self._draws(variables, grads) if self.mechanism is not None else None
         if self.mode == "norms":
             # The per-example work only on measured steps (the cadence); an unmeasured step costs the flag.
             sum_sq = tf.cond(measure, lambda: tf.reduce_sum(self._taps.per_example(recs, douts, batch)), lambda: zero)
@@ -434,7 +458,9 @@ class DiversityMonitor:
             r = float(self.world_size)
             small = sums[4] * (r if self.loss_reduction == "mean" else 1.0 / r)  # mean over replicas of ‖ḡ_r‖² (mean) or ‖g_r‖² (sum)
             vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], self._lr_of(opt), sums[1], measured, b, small])
-            ctx.merge_call(self._host_once, args=(vec,))  # stateful: runs in the graph, output unused
+            if xis is not None:
+                vec = tf.concat([vec, self._noise_moments(reduced, xis)], 0)
+            out = ctx.merge_call(self._host_once, args=(vec,))
         else:
             sq_sum = tf.add_n([_sq_norm(g) for g in grads])
             reg = [(grads[i], r) for i, r in self._regularization_gradients(variables)]
@@ -444,8 +470,30 @@ class DiversityMonitor:
                 rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
                 sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
             vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, self._lr_of(opt), b * b, measured, zero, zero])
-            self._host_call(vec)  # stateful: runs in the graph, output unused
+            if xis is not None:
+                vec = tf.concat([vec, self._noise_moments(grads, xis)], 0)
+            out = self._host_call(vec)
+        if xis is not None:
+            # noise_std·ξ on the batch gradient (each replica adds 1/R of it: the optimizer sums the replicas)
+            std = out[6] / float(self.world_size)
+            grads = [tf.convert_to_tensor(g) + tf.cast(std, xi.dtype) * xi for g, xi in zip(grads, xis)]
         return grads
+
+    def _draws(self, variables: List[Any], grads: List[Any]) -> List[Any]:
+        """Unit Gaussians ξ, one per variable, from the step's seed (the same on every replica)."""
+        seed = tf.convert_to_tensor(self._seed)
+        return [
+            tf.random.stateless_normal(tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, k), dtype=tf.convert_to_tensor(g).dtype)
+            for k, (v, g) in enumerate(zip(variables, grads))
+        ]
+
+    @staticmethod
+    def _noise_moments(grads: List[Any], xis: List[Any]) -> Any:
+        """[d, ⟨G, ξ⟩, ‖ξ‖²] (float64)."""
+        dim = float(sum(int(np.prod(xi.shape)) for xi in xis))
+        dot = tf.add_n([_dot(g, xi) for g, xi in zip(grads, xis)])
+        sq = tf.add_n([_sq_norm(xi) for xi in xis])
+        return tf.stack([tf.constant(dim, _F64), dot, sq])
 
     @staticmethod
     def _lr_of(opt: Any) -> Any:
@@ -460,6 +508,8 @@ class DiversityMonitor:
             var = getattr(opt, "inner_optimizer", opt)._learning_rate
             var.assign(tf.where(out[1] > 0, tf.cast(out[0], var.dtype), var))
         self._measure.assign(out[5] > 0)
+        if self.mechanism is not None:
+            self._seed.assign(tf.cast(out[7:9], tf.int64))
         return out
 
     def _host_once(self, strategy: Any, vec: Any) -> Any:
@@ -482,7 +532,11 @@ class DiversityMonitor:
         out = np.zeros(len(_OUT))
         try:
             self.raise_pending()  # an unreported error of the step before
-            b, sum_sq, sq_sum, scale, loss, lr, b2, measured, b_small, sq_small = (float(v) for v in vec)
+            b, sum_sq, sq_sum, scale, loss, lr, b2, measured, b_small, sq_small = (float(v) for v in vec[: len(_VEC)])
+            noise: Dict[str, Any] = {}
+            if self.mechanism is not None:
+                dim, dot, sq = (float(v) for v in vec[len(_VEC) :])
+                noise = dict(dim=int(dim), noise_dot=dot, noise_sq_norm=sq)
             if self.world_size > 1 and self.loss_reduction == "mean" and b2 * self.world_size != b * b:
                 raise ValueError(
                     f"gdiv.keras: the global batch of {int(b)} examples was split unequally over {self.world_size} replicas: "
@@ -491,13 +545,13 @@ class DiversityMonitor:
                 )
             mean = self.loss_reduction == "mean"
             if not measured:
-                d = self.controller.observe(int(b), 0.0, 0.0, unmeasured=True)
+                d = self.controller.observe(int(b), 0.0, 0.0, unmeasured=True, **({"dim": noise["dim"]} if noise else {}))
             elif self.mode == "two_scale":
                 d = self.controller.observe(
                     int(b), 0.0, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale, b_small=int(b_small), sq_norm_small=sq_small
                 )
             else:
-                d = self.controller.observe(int(b), sum_sq, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale)
+                d = self.controller.observe(int(b), sum_sq, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale, **noise)
             new = self._session.learning_rates(int(b), d.lr_factor, None if math.isnan(lr) else [lr])
             used = lr if new is None else new[0]
             self._session.check(d)
@@ -507,6 +561,8 @@ class DiversityMonitor:
             out[2] = d.smoothed.batch_bound
             out[3] = float(d.next_batch or 0)
             out[5] = 1.0 if d.measure_next else 0.0
+            out[6] = d.noise_std
+            out[7:9] = _halves(self.controller.next_seed)
         except Exception as e:  # kept for raise_pending(): the graph cannot carry a Python exception
             self._error = e
             out[4] = 1.0
@@ -543,6 +599,7 @@ class DiversityMonitor:
                 )
         self._session.load_state_dict(state)
         self._measure.assign(self.controller.measure_next)
+        self._seed.assign(_halves(self.controller.next_seed))
 
     def __repr__(self) -> str:
         bb = self.controller.smoothed.batch_bound
