@@ -21,7 +21,7 @@ T         ?= .
 GO_SRC    := $(shell find gdiv pybridge -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 DEV_STAMP := python/gdiv/.dev-build
 
-.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step bench-ddp validate-policy py-clean dev dev-test lint lint-fix
+.PHONY: venv py-tools py-install py-test py-bench py-bench-torch bench-step bench-keras bench-ddp validate-policy py-clean dev dev-test lint lint-fix
 
 venv: $(VENV)/.gdiv-deps ## create .venv with the pinned Python build, test, bench and lint dependencies
 
@@ -83,6 +83,9 @@ py-bench: py-install ## Python benchmarks: per-call overhead and size sweep vs N
 
 bench-step: py-install ## the README's monitored step vs the plain step: MLPs, CNNs, transformers (table + PNG; BENCH_STEP_ARGS=--quick)
 	$(VPY) bench/bench_step.py $(BENCH_STEP_ARGS)
+
+bench-keras: py-install ## the Keras step (train_on_batch): plain vs gdiv.keras norms vs vectorized_map per-example grads (table + PNG; BENCH_KERAS_ARGS=--quick)
+	$(VPY) bench/bench_keras.py $(BENCH_KERAS_ARGS)
 
 # The peers (opacus, backpack-for-pytorch, tqdm) are bench-only: installed here, not by `venv`.
 py-bench-torch: py-install ## per-example norms on the CPU: gdiv.torch vs BackPACK, Opacus, torch.func (table + PNG)
