@@ -108,21 +108,27 @@ def close(got, want, what):
 
 
 CASES = [
-    pytest.param(p, s, a, "replacement", path, id=f"{p}-{s}-{'adaptive' if a else 'fixed'}-{path}")
+    pytest.param(p, s, a, "replacement", path, None, id=f"{p}-{s}-{'adaptive' if a else 'fixed'}-{path}")
     for p in ("logistic", "softmax", "mlp")
     for s in ("sum", "mean")
     for a in (False, True)
     for path in ("fit", "loop")
     if path == "fit" or a
 ] + [
-    pytest.param("mlp", "mean", True, "shuffle", "fit", id="mlp-mean-adaptive-shuffle-fit"),
-    pytest.param("mlp", "mean", True, "l2", "fit", id="mlp-mean-adaptive-l2-fit"),
-    pytest.param("softmax", "mean", True, "l2", "loop", id="softmax-mean-adaptive-l2-loop"),
+    pytest.param("mlp", "mean", True, "shuffle", "fit", None, id="mlp-mean-adaptive-shuffle-fit"),
+    pytest.param("mlp", "mean", True, "l2", "fit", None, id="mlp-mean-adaptive-l2-fit"),
+    pytest.param("softmax", "mean", True, "l2", "loop", None, id="softmax-mean-adaptive-l2-loop"),
+    # full mode (per-example gradients through vectorized_map, summed in Go): without a mechanism, and with
+    # Quantize, whose per-example draws Go's trainer makes with the same step seeds — the same draws where
+    # the parameter layout has Go's order (logistic: the kernel's column, then the bias)
+    pytest.param("mlp", "mean", True, "replacement", "full", None, id="mlp-mean-adaptive-full"),
+    pytest.param("logistic", "sum", True, "replacement", "full", "quantize", id="logistic-sum-adaptive-full-quantize"),
+    pytest.param("logistic", "mean", True, "replacement", "full", "quantize", id="logistic-mean-adaptive-full-quantize"),
 ]
 
 
-@pytest.mark.parametrize("problem, step, adaptive, variant, path", CASES)
-def test_keras_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, variant, path):
+@pytest.mark.parametrize("problem, step, adaptive, variant, path, mech", CASES)
+def test_keras_monitor_reproduces_reference_trainer(digits, problem, step, adaptive, variant, path, mech):
     X, y = digits
     if problem == "logistic":
         y = y % 2
@@ -132,9 +138,10 @@ def test_keras_monitor_reproduces_reference_trainer(digits, problem, step, adapt
     l2 = 2.0**-7 if variant == "l2" else 0.0  # Keras's L2 casts its factor through float32: a power of 2 stays exact
     policy = gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0) if adaptive else None
     lr = {"sum": 0.02, "mean": 0.3}[step]
+    mechanism = gdiv.Quantize(4) if mech == "quantize" else None
     res = ref.train(
         X, y, problem=problem, l2=l2, hidden=HIDDEN, lr=lr, step=step, batch=8, policy=policy, steps=STEPS,
-        sampling=sampling, seed=SEED, estimator_beta=0.9, record_indices=True, classes=k,
+        sampling=sampling, seed=SEED, estimator_beta=0.9, record_indices=True, classes=k, mechanism=mechanism,
     )  # fmt: skip
     hist = res.history
     if adaptive:
@@ -146,12 +153,12 @@ def test_keras_monitor_reproduces_reference_trainer(digits, problem, step, adapt
     model.compile(optimizer=opt, loss=loss)
     monitor = gk.DiversityMonitor(
         model, policy=res.policy, batch_size=8, estimator_beta=0.9, dataset_size=n, sampling=sampling, seed=SEED,
-        optimizer=opt if path == "loop" else None,
+        optimizer=opt if path == "loop" else None, mode="full" if path == "full" else "norms", mechanism=mechanism,
     )  # fmt: skip
     assert monitor.loss_reduction == step
     yk = y.astype(np.float64)[:, None] if problem == "logistic" else y
     decided = []
-    if path == "fit":
+    if path in ("fit", "full"):
 
         def batches():
             for idx in res.batches:

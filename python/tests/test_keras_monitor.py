@@ -320,6 +320,44 @@ def test_unsupported_options_are_refused():
         gk.DiversityMonitor(m)
 
 
+def test_full_mode_refusals():
+    with pytest.raises(ValueError, match="mode='full'"):
+        gk.DiversityMonitor(compiled(), mechanism=gdiv.Quantize(2))
+    reg = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.01))])
+    compiled(reg)
+    gk.DiversityMonitor(reg, mode="full", mechanism=gdiv.Dropout(0.5))
+    with pytest.raises(ValueError, match="regularizers"):
+        reg.train_on_batch(np.ones((3, 4)), np.zeros(3))
+    model = compiled()
+    gk.DiversityMonitor(model, mode="full", full_max_bytes=1000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="full_max_bytes"):
+        model.train_on_batch(np.ones((64, 4)), np.zeros(64))
+
+
+def test_full_mode_dropout_applies_in_go_per_example():
+    """Dropout(p) on each example's gradient, in Go, in the buffer TensorFlow handed over: the applied
+    batch gradient is the sum of the dropped rows — reproduced from the per-example gradients and the
+    step's seed with gdiv.Dropout.apply on a copy."""
+    model = compiled()
+    x, y = np.random.default_rng(0).normal(size=(5, 4)), np.arange(5) % 3
+    w0 = [w.copy() for w in model.get_weights()]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rows = []
+    for i in range(5):
+        with tf.GradientTape() as t:
+            li = loss(y[i : i + 1], model(x[i : i + 1], training=True))
+        rows.append(np.concatenate([np.ravel(g.numpy()) for g in t.gradient(li, model.trainable_variables)]))
+    mech = gdiv.Dropout(0.5)
+    mon = gk.DiversityMonitor(model, mode="full", mechanism=mech, seed=9)
+    seed = mon.controller.next_seed
+    model.train_on_batch(x, y)
+    dropped = mech.apply(np.array(rows), seed=seed)
+    step = np.concatenate([np.ravel(a - b) for a, b in zip(w0, model.get_weights())]) / 0.1  # SGD(0.1)
+    np.testing.assert_allclose(step, dropped.mean(0), rtol=1e-9, atol=1e-12)
+    st = gdiv.stats(dropped)
+    np.testing.assert_allclose([mon.history[-1]["sum_sq_norms"], mon.history[-1]["sq_norm_of_sum"]], [st.sum_sq_norms, st.sq_norm_of_sum], rtol=1e-9)
+
+
 def test_gradient_outside_recording_is_refused():
     model = compiled()
     mon = gk.DiversityMonitor(model)

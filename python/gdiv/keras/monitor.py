@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from .._session import Session
 from ..controller import Controller, EstimatorView
-from ..mechanisms import Langevin
+from ..mechanisms import Langevin, Mechanism
 from ..policy import BatchSizePolicy
 from .capture import Taps
 
@@ -140,10 +140,14 @@ class DiversityMonitor:
             "two_scale" (MirroredStrategy: each replica's gradient against
             the global one; no taps, any model).
         measure_every, max_measure_every: the cadence (as gdiv.torch's).
+        loss_fn: full mode: ``loss_fn(y_true, y_pred)`` on one example (None:
+            the compiled loss).
+        full_max_bytes: full mode's budget for the (B, P) per-example
+            gradients (a larger batch is refused, naming the bytes).
         attach: install the taps and the ``train_step`` now.
 
-    Not supported yet (refused): Dropout and Quantize (they need
-    per-example gradients), strategies other than MirroredStrategy, weight
+    Not supported yet (refused): full mode under a strategy or with weight
+    regularizers, strategies other than MirroredStrategy, weight
     regularizers under a strategy, learning-rate schedules with an LR rule.
     """
 
@@ -167,17 +171,23 @@ class DiversityMonitor:
         mode: str = "norms",
         measure_every: Any = 1,
         max_measure_every: int = 16,
+        loss_fn: Any = None,
+        full_max_bytes: int = 1 << 30,
         attach: bool = True,
     ) -> None:
-        if mechanism is not None and not isinstance(mechanism, Langevin):
+        if mode not in ("norms", "two_scale", "full"):
+            raise ValueError(f"gdiv.keras.DiversityMonitor: mode must be 'norms', 'two_scale' or 'full', got {mode!r}")
+        if mechanism is not None and not isinstance(mechanism, Mechanism):
+            raise TypeError(f"gdiv.keras.DiversityMonitor: mechanism must be a gdiv mechanism or None, got {type(mechanism).__name__}")
+        if mechanism is not None and not isinstance(mechanism, Langevin) and mode != "full":
             raise ValueError(
-                f"gdiv.keras.DiversityMonitor: {type(mechanism).__name__} needs per-example gradients (PyTorch's full mode); "
-                "Keras supports gdiv.Langevin (noise added once to the batch gradient) for now"
+                f"gdiv.keras.DiversityMonitor: {type(mechanism).__name__} is applied to each example's gradient: it needs "
+                "mode='full' (per-example gradients); gdiv.Langevin also works in norms mode"
             )
-        if mechanism is not None and mode != "norms":
-            raise ValueError("gdiv.keras.DiversityMonitor: Langevin noise is for mode='norms'")
-        if mode not in ("norms", "two_scale"):
-            raise ValueError(f"gdiv.keras.DiversityMonitor: mode must be 'norms' or 'two_scale', got {mode!r}")
+        if mechanism is not None and mode == "two_scale":
+            raise ValueError("gdiv.keras.DiversityMonitor: mechanisms need mode='norms' (Langevin) or 'full'")
+        if mode == "full" and measure_every != 1:
+            raise ValueError("gdiv.keras.DiversityMonitor: measure_every is for norms mode; full mode computes the per-example gradients every step")
         if on_nonfinite not in ("skip", "raise"):
             raise ValueError(f"gdiv.keras.DiversityMonitor: on_nonfinite must be 'skip' or 'raise', got {on_nonfinite!r}")
         if policy is not None and not isinstance(policy, BatchSizePolicy):
@@ -192,6 +202,8 @@ class DiversityMonitor:
                 f"gdiv.keras.DiversityMonitor: {type(strategy).__name__} with {self.world_size} replicas is not supported; "
                 "tf.distribute.MirroredStrategy is (build the model, compile it and build the monitor inside its scope)"
             )
+        if mode == "full" and self.world_size > 1:
+            raise ValueError("gdiv.keras.DiversityMonitor: mode='full' under tf.distribute is not supported; use mode='norms'")
         if mode == "two_scale" and self.world_size < 2:
             raise ValueError(
                 "gdiv.keras.DiversityMonitor: mode='two_scale' compares each replica's gradient with the global one and "
@@ -218,7 +230,7 @@ class DiversityMonitor:
             world_size=self.world_size,  # Go rounds the policy: equal shares per replica
             measure_every=measure_every,
             max_measure_every=max_measure_every,
-            langevin_std=0.0 if mechanism is None else mechanism.std,
+            langevin_std=mechanism.std if mode == "norms" and isinstance(mechanism, Langevin) else 0.0,
         )
         self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
@@ -228,6 +240,8 @@ class DiversityMonitor:
         self._optimizer = optimizer
         self.mode = mode
         self._taps = Taps(model, taps=mode == "norms")
+        self.full_max_bytes = int(full_max_bytes)
+        self._loss_fn = loss_fn
         # The cadence's flag for the next step, read in the graph (set by the host call).
         self._measure = tf.Variable(controller.measure_next, trainable=False, dtype=tf.bool, name="gdiv_measure_next")
         self.mechanism = mechanism
@@ -370,7 +384,11 @@ class DiversityMonitor:
             model._loss_tracker.update_state(loss, sample_weight=batch)
             opt = model.optimizer
             scaled = opt.scale_loss(loss) if opt is not None else loss
-        grads = self._measured_gradients(tape, scaled, loss, batch, model.trainable_variables, opt)
+        if self.mode == "full":
+            self._taps.take()
+            grads = self._full_gradients(x, y, sample_weight, loss, batch, model.trainable_variables, opt)
+        else:
+            grads = self._measured_gradients(tape, scaled, loss, batch, model.trainable_variables, opt)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return logs
@@ -390,6 +408,11 @@ class DiversityMonitor:
         examples (``tf.shape(x)[0]``; default: read off the first measured
         layer's output; needed in two_scale mode, which taps no layer).
         """
+        if self.mode == "full":
+            raise ValueError(
+                "gdiv.keras.DiversityMonitor.gradient: full mode runs in the monitored train_step (model.fit, "
+                "model.train_on_batch), which has the targets each example's loss needs"
+            )
         variables = list(self._model.trainable_variables if variables is None else variables)
         if [id(v) for v in variables] != [id(v) for v in self._taps.trainable]:
             raise ValueError(
@@ -479,6 +502,86 @@ class DiversityMonitor:
             grads = [tf.convert_to_tensor(g) + tf.cast(std, xi.dtype) * xi for g, xi in zip(grads, xis)]
         return grads
 
+    # -- full mode ---------------------------------------------------------------
+
+    def _example_loss(self) -> Any:
+        if self._loss_fn is not None:
+            return self._loss_fn
+        loss = getattr(self._model, "loss", None)
+        if loss is None or isinstance(loss, (dict, list, tuple)):
+            raise ValueError("gdiv.keras.DiversityMonitor: full mode needs loss_fn=(y_true, y_pred) -> loss, or one compiled loss")
+        return keras.losses.get(loss) if isinstance(loss, str) else loss
+
+    def _full_gradients(self, x: Any, y: Any, sample_weight: Any, loss: Any, batch: Any, variables: List[Any], opt: Any) -> List[Any]:
+        """Full mode: the (B, P) per-example gradients (``tf.vectorized_map``
+        over the examples, each one's loss alone), handed to Go with the
+        step's one host call: the mechanism is applied to them there, in
+        place, and their sum (mean) comes back as the batch gradient."""
+        if sample_weight is not None:
+            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support sample weights")
+        if self._regularization_gradients(variables) or self._model.losses:
+            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support weight regularizers or add_loss terms")
+        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support mixed precision (a LossScaleOptimizer)")
+        dim = sum(int(np.prod(v.shape)) for v in variables)
+        loss_fn = self._example_loss()
+        model = self._model
+
+        def one(xy: Any) -> Any:
+            xi, yi = xy
+            with tf.GradientTape() as t:
+                pred = model(tf.nest.map_structure(lambda a: a[None], xi), training=True)
+                li = loss_fn(tf.nest.map_structure(lambda a: a[None], yi), pred)
+            gs = t.gradient(li, variables)
+            return tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(g), _F64), [-1]) for g in gs], 0)
+
+        need = tf.cast(batch, tf.int64) * dim * 8
+        tf.debugging.assert_less_equal(
+            need,
+            tf.constant(self.full_max_bytes, tf.int64),
+            message=f"gdiv.keras: full mode: the batch's per-example gradients exceed full_max_bytes={self.full_max_bytes}",
+        )
+        rows = tf.vectorized_map(one, (x, y), fallback_to_while_loop=True)
+        lr = self._lr_of(opt)
+        vec = tf.stack([tf.cast(batch, _F64), tf.cast(loss, _F64), lr])
+        res = tf.numpy_function(self._host_full, [rows, vec], _F64, stateful=True, name="gdiv_controller_full")
+        res.set_shape([len(_OUT) + dim])
+        out, total = res[: len(_OUT)], res[len(_OUT) :]
+        self._apply_out(out, opt)
+        grads, at = [], 0
+        for v in variables:
+            k = int(np.prod(v.shape))
+            grads.append(tf.cast(tf.reshape(total[at : at + k], v.shape), v.dtype))
+            at += k
+        return grads
+
+    def _host_full(self, rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
+        """Full mode's host call: the mechanism on the rows (in place, in the
+        buffer TensorFlow handed over), Go's sums, one controller call."""
+        from .._stats import stats
+        from ..errors import NonFiniteError, SumOverflowError
+
+        b = int(vec[0])
+        out = np.zeros(len(_OUT) + rows.shape[1])
+        try:
+            self.raise_pending()
+            if self.mechanism is not None:
+                self.mechanism.apply_(rows, seed=self.controller.next_seed)
+            try:
+                st = stats(rows)
+                sum_sq, sq_sum = st.sum_sq_norms, st.sq_norm_of_sum
+            except (NonFiniteError, SumOverflowError):  # the controller skips (or the monitor raises)
+                sum_sq = sq_sum = math.nan
+            d = self.controller.observe(b, sum_sq, sq_sum)
+            self._finish(d, b, float(vec[1]), float(vec[2]), out)
+            total = rows.sum(0)
+            out[len(_OUT) :] = total / b if self.loss_reduction == "mean" else total
+        except Exception as e:  # kept for raise_pending()
+            self._error = e
+            out[4] = 1.0
+            out[5] = 1.0
+        return out
+
     def _draws(self, variables: List[Any], grads: List[Any]) -> List[Any]:
         """Unit Gaussians ξ, one per variable, from the step's seed (the same on every replica)."""
         seed = tf.convert_to_tensor(self._seed)
@@ -500,17 +603,36 @@ class DiversityMonitor:
         return tf.constant(math.nan, _F64) if opt is None else tf.cast(opt.learning_rate, _F64)
 
     def _host_call(self, vec: Any) -> Any:
-        """The host call and the learning rate it sets (in the graph)."""
+        """The host call and what it sets in the graph."""
         out = tf.numpy_function(self._host, [vec], _F64, stateful=True, name="gdiv_controller")
         out.set_shape([len(_OUT)])
-        opt = self.optimizer
+        self._apply_out(out, self.optimizer)
+        return out
+
+    def _apply_out(self, out: Any, opt: Any) -> None:
+        """In the graph, after the host call: the learning rate, the cadence
+        flag and the next step's seed."""
         if opt is not None and self.lr_rule != "none":
             var = getattr(opt, "inner_optimizer", opt)._learning_rate
             var.assign(tf.where(out[1] > 0, tf.cast(out[0], var.dtype), var))
         self._measure.assign(out[5] > 0)
         if self.mechanism is not None:
             self._seed.assign(tf.cast(out[7:9], tf.int64))
-        return out
+
+    def _finish(self, d: Any, b: int, loss: float, lr: float, out: np.ndarray, keep: bool = True) -> None:
+        """After the controller call: the LR rule, checks, the record, and
+        what goes back into the graph."""
+        new = self._session.learning_rates(b, d.lr_factor, None if math.isnan(lr) else [lr])
+        used = lr if new is None else new[0]
+        self._session.check(d)
+        self._session.record(d, None if math.isnan(used) else used, loss, keep=keep)
+        out[0] = used
+        out[1] = 0.0 if new is None else 1.0
+        out[2] = d.smoothed.batch_bound
+        out[3] = float(d.next_batch or 0)
+        out[5] = 1.0 if d.measure_next else 0.0
+        out[6] = d.noise_std
+        out[7:9] = _halves(self.controller.next_seed)
 
     def _host_once(self, strategy: Any, vec: Any) -> Any:
         """merge_call: the replicas' (equal) vectors, one host call."""
@@ -552,17 +674,7 @@ class DiversityMonitor:
                 )
             else:
                 d = self.controller.observe(int(b), sum_sq, sq_sum, mean=mean, norms_scale=scale, grad_scale=scale, **noise)
-            new = self._session.learning_rates(int(b), d.lr_factor, None if math.isnan(lr) else [lr])
-            used = lr if new is None else new[0]
-            self._session.check(d)
-            self._session.record(d, None if math.isnan(used) else used, loss, keep=bool(measured))
-            out[0] = used
-            out[1] = 0.0 if new is None else 1.0
-            out[2] = d.smoothed.batch_bound
-            out[3] = float(d.next_batch or 0)
-            out[5] = 1.0 if d.measure_next else 0.0
-            out[6] = d.noise_std
-            out[7:9] = _halves(self.controller.next_seed)
+            self._finish(d, int(b), loss, lr, out, keep=bool(measured))
         except Exception as e:  # kept for raise_pending(): the graph cannot carry a Python exception
             self._error = e
             out[4] = 1.0

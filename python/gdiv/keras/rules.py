@@ -275,23 +275,35 @@ def _conv_declines(layer: keras.layers.Layer) -> Optional[str]:
 
 def conv_patches(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
     """The im2col patches of a channels_last Conv1D / Conv2D input:
-    (B, out_h, out_w, kh·kw·C_in) (out_h = 1 for Conv1D), one row per output
-    position, by ``tf.image.extract_patches`` with the layer's strides,
-    dilation and padding (TF's "SAME" padding rule, the one ``tf.nn.convolution``
-    uses; Conv1D's "causal" as Keras does it: left padding by
-    dilation·(k − 1), then "VALID")."""
+    (B, out_h, out_w, kh·kw·C_in), one row per output position, with the
+    layer's strides, dilation and padding (TF's "SAME" rule, the one
+    ``tf.nn.convolution`` uses; Conv1D's "causal" as Keras does it: left
+    padding by dilation·(k − 1), then "VALID"; Conv1D as a (B, L, 1, C)
+    image with a (k, 1) kernel).
+
+    Built by a depthwise convolution with one-hot filters (one output
+    channel per kernel tap and input channel; several times faster on the
+    CPU than ``tf.image.extract_patches``, which is used where depthwise
+    convolutions cannot go: unequal strides). The order of the last axis
+    differs between the two; no norm depends on it."""
     padding = layer.padding.upper()
     if layer.rank == 1:
         (k,), (s,), (d,) = layer.kernel_size, layer.strides, layer.dilation_rate
         if padding == "CAUSAL":
             x = tf.pad(x, [[0, 0], [d * (k - 1), 0], [0, 0]])
             padding = "VALID"
-        x = tf.expand_dims(x, 1)  # (B, 1, L, C)
-        sizes, strides, rates = [1, 1, k, 1], [1, 1, s, 1], [1, 1, d, 1]
+        x = tf.expand_dims(x, 2)  # (B, L, 1, C)
+        (kh, kw), (sh, sw), (dh, dw) = (k, 1), (s, s), (d, d)  # the width is 1: its stride and dilation do nothing
     else:
         (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
-        sizes, strides, rates = [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1]
-    return tf.image.extract_patches(x, sizes=sizes, strides=strides, rates=rates, padding=padding)
+    if sh == sw:
+        c = x.shape[-1]
+        if c is None:
+            raise UnsupportedLayerError(f"gdiv.keras: {_name(layer)}: the input's channel count is unknown")
+        taps = kh * kw
+        onehot = tf.reshape(tf.eye(taps, dtype=x.dtype), [kh, kw, 1, taps]) * tf.ones([1, 1, c, 1], x.dtype)
+        return tf.nn.depthwise_conv2d(x, onehot, [1, sh, sw, 1], padding, dilations=[dh, dw])
+    return tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1], padding=padding)
 
 
 def conv_rule(layer: keras.layers.Layer, x: tf.Tensor, dz: tf.Tensor) -> Dict[str, tf.Tensor]:
