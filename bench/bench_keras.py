@@ -86,10 +86,11 @@ DESC = {
     "mlp": "MLP 64-512-512-10 (tanh, relu)",
     "cnn": "CNN 16×16×3, 2×conv3×3 + dense",
 }
-PEERS = ["vmap"]
+PEERS = ["vmap"]  # the approaches gdiv's norms must beat
+HEAVY = ["full", "vmap"]  # timed in a pass of their own (they evict the caches)
 LIGHT = ["plain", "plain2", "gdiv"]
-ORDER = LIGHT + PEERS
-SHOWN = ["gdiv", "vmap", "plain2"]
+ORDER = LIGHT + HEAVY
+SHOWN = ["gdiv", "full", "vmap", "plain2"]
 TARGET = 1.10
 MIB = float(1 << 20)
 
@@ -131,6 +132,8 @@ def build(name: str, variant: str, batch: int):
     mon = None
     if variant == "gdiv":
         mon = gk.DiversityMonitor(model, seed=0)
+    elif variant == "full":  # per-example gradients (vectorized_map) summed in Go: what Dropout/Quantize need
+        mon = gk.DiversityMonitor(model, mode="full", seed=0)
     elif variant == "vmap":
         model.train_step = vmap_train_step(model, loss)
     return model, mon
@@ -230,7 +233,7 @@ def row(name: str, batch: int, budget: float, min_rounds: int, harness: str, fit
     # runs right after it (vmap before plain made plain2 and gdiv look 10% faster than plain). So gdiv is timed
     # against plain and plain2 (light variants only), and the peer against plain in a pass of its own.
     ratios, rounds, plain_t = interleaved_blocks(step, LIGHT, until(budget, min_rounds))
-    peer_ratios, peer_rounds, _ = interleaved_blocks(step, ["plain"] + PEERS, until(budget / 2, min_rounds))
+    peer_ratios, peer_rounds, _ = interleaved_blocks(step, ["plain"] + HEAVY, until(budget / 2, min_rounds))
     ratios.update(peer_ratios)
     mem = {v: peak_bytes(lambda v=v: step(v)) for v in ORDER}
     mon = copies["gdiv"][1]
@@ -310,14 +313,14 @@ def mem_cell(r: Dict[str, Any], v: str) -> str:
 
 def table(rows: List[Dict[str, Any]]) -> str:
     lines = [
-        "| model | batch | plain ms | gdiv norms | vmap per-example | TF Privacy fast clipping | plain vs plain | "
-        "peak MiB plain / gdiv / vmap | gdiv ≤ 1.10× and < peers |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | plain ms | gdiv norms | gdiv full | vmap per-example | TF Privacy fast clipping | plain vs plain | "
+        "peak MiB plain / gdiv / full / vmap | gdiv ≤ 1.10× and < peers |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mem = " / ".join(mem_cell(r, v) for v in ("plain", "gdiv", "vmap"))
+        mem = " / ".join(mem_cell(r, v) for v in ("plain", "gdiv", "full", "vmap"))
         lines.append(
-            f"| {DESC[r['model']]} | {r['batch']} | {r['plain_ms']:.2f} | {cell(r, 'gdiv')} | {cell(r, 'vmap')} | not run¹ | "
+            f"| {DESC[r['model']]} | {r['batch']} | {r['plain_ms']:.2f} | {cell(r, 'gdiv')} | {cell(r, 'full')} | {cell(r, 'vmap')} | not run¹ | "
             f"{cell(r, 'plain2')} | {mem} | {'yes' if r['target_met'] else 'no'} |"
         )
     return "\n".join(lines)
@@ -359,13 +362,19 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
 
     labels = [f"{r['model']}\nB={r['batch']}" for r in rows]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(4 + 2.2 * len(rows), 4))
-    w = 0.27
-    names = {"gdiv": "gdiv.keras norms", "vmap": "vectorized_map per-example", "plain2": "plain vs plain", "plain": "plain"}
-    colors = {"plain": "C7", "plain2": "C2", "gdiv": "C0", "vmap": "C1"}
+    w = 0.2
+    names = {
+        "gdiv": "gdiv.keras norms",
+        "full": "gdiv.keras full",
+        "vmap": "vectorized_map per-example",
+        "plain2": "plain vs plain",
+        "plain": "plain",
+    }
+    colors = {"plain": "C7", "plain2": "C2", "gdiv": "C0", "full": "C4", "vmap": "C1"}
     for j, v in enumerate(SHOWN):
         med = [r[v]["median"] for r in rows]
         err = [[r[v]["median"] - r[v]["q1"] for r in rows], [r[v]["q3"] - r[v]["median"] for r in rows]]
-        ax.bar([i + (j - 1) * w for i in range(len(rows))], med, w, yerr=err, capsize=3, label=names[v], color=colors[v])
+        ax.bar([i + (j - 1.5) * w for i in range(len(rows))], med, w, yerr=err, capsize=3, label=names[v], color=colors[v])
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(TARGET, color="r", lw=0.8, ls="--", label=f"{TARGET:.2f}× target")
     ax.set_yscale("log")
@@ -374,8 +383,8 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
     ax.set_ylabel("step time / plain Keras step (median, quartiles)")
     ax.set_title(f"Keras {rows[0]['harness']}: monitored vs plain (1 process, interleaved)", fontsize=10)
     ax.legend(fontsize=7)
-    for j, v in enumerate(("plain", "gdiv", "vmap")):
-        bx.bar([i + (j - 1) * w for i in range(len(rows))], [r["peak_mib"][v] for r in rows], w, label=names[v], color=colors[v])
+    for j, v in enumerate(("plain", "gdiv", "full", "vmap")):
+        bx.bar([i + (j - 1.5) * w for i in range(len(rows))], [r["peak_mib"][v] for r in rows], w, label=names[v], color=colors[v])
     bx.set_xticks(range(len(rows)))
     bx.set_xticklabels(labels)
     bx.set_yscale("log")
@@ -414,7 +423,7 @@ def main() -> int:
         rows.append(r)
         eta = (time.perf_counter() - t0) / i * (len(configs) - i)
         print(
-            f"[{i}/{len(configs)}] {m} B={b}: gdiv {r['gdiv']['median']:.2f}× vmap {r['vmap']['median']:.2f}× "
+            f"[{i}/{len(configs)}] {m} B={b}: gdiv {r['gdiv']['median']:.2f}× full {r['full']['median']:.2f}× vmap {r['vmap']['median']:.2f}× "
             f"({r['rounds']} rounds, warm-up {r['warmup_s']:.1f} s; eta {eta:.0f} s)",
             file=sys.stderr,
             flush=True,

@@ -43,7 +43,7 @@ def test_bench_keras_quick(tmp_path):
     assert [(r["model"], r["batch"]) for r in data["rows"]] == [("mlp", 64), ("cnn", 64)]
     for r in data["rows"]:
         assert r["plain_ms"] > 0 and r["rounds"] >= 10
-        for v in ("gdiv", "vmap", "plain2"):
+        for v in ("gdiv", "full", "vmap", "plain2"):
             q = r[v]
             assert all(math.isfinite(q[k]) and q[k] > 0 for k in ("median", "q1", "q3", "min", "max"))
             assert q["min"] <= q["q1"] <= q["median"] <= q["q3"] <= q["max"]
