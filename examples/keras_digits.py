@@ -9,9 +9,10 @@ and AdaptiveBatches:
   adaptive            DiversityMonitor + AdaptiveBatches + BatchSizePolicy: the batch
                       follows B = δ·B̂_S + 1 in [16, 1024] and the lr the linear rule
                       from η at 16
+  adaptive+Langevin   the same with a diversity-inducing mechanism: Langevin noise,
+                      added once to the batch gradient (norms mode)
 
-(the diversity-inducing mechanisms are PyTorch-only for now: see
-examples/torch_digits.py) and print a table (steps, examples, final train /
+and print a table (steps, examples, final train /
 test loss and accuracy, mean batch, wall time; mean ± standard deviation over
 seeds) and write a PNG (training loss vs examples; batch size and B̂_S for
 the adaptive run; the first seed). The data is testdata/digits.csv split
@@ -96,7 +97,7 @@ class Track(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def train(name: str, train_xy, test_xy, *, budget: int, lr: float, hidden: int, seed: int, batch=None, policy=None) -> Run:
+def train(name: str, train_xy, test_xy, *, budget: int, lr: float, hidden: int, seed: int, batch=None, policy=None, mechanism=None) -> Run:
     """SGD on Keras's mean cross-entropy until ``budget`` examples (the last
     batch whole): a fixed ``batch`` (shuffled passes) or a gdiv ``policy``."""
     x, y = train_xy
@@ -111,7 +112,7 @@ def train(name: str, train_xy, test_xy, *, budget: int, lr: float, hidden: int, 
         track = Track(run, budget, train_xy, sizes=[batch] * full + ([last] if last else []))
     else:
         # The lines gdiv adds to a Keras script: the monitor, its batches, its callback.
-        monitor = gdiv.keras.DiversityMonitor(model, policy=policy, dataset_size=n, estimator_beta=0.9, seed=seed)
+        monitor = gdiv.keras.DiversityMonitor(model, policy=policy, mechanism=mechanism, dataset_size=n, estimator_beta=0.9, seed=seed)
         batches = gdiv.keras.AdaptiveBatches(x, y, monitor, replacement=False, seed=seed)
         ds = batches.dataset()
         callbacks = [gdiv.keras.DiversityCallback(monitor)]
@@ -150,6 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "fixed 512": dict(batch=512, lr=lr),
         "fixed 512, lr×32": dict(batch=512, lr=32 * lr),
         "adaptive": dict(policy=policy, lr=lr),
+        "adaptive+Langevin": dict(policy=policy, mechanism=gdiv.Langevin(std=0.05), lr=lr),
     }
     results: Dict[str, List[Run]] = {m: [] for m in methods}
     t0 = time.perf_counter()
@@ -170,7 +172,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(table(results))
     print(
         f"\nlr η = {lr} at batch 16. adaptive: B = δ·B̂_S + 1 (δ = {policy.delta:g}) in [{policy.min_batch}, {policy.max_batch}], "
-        f"without replacement, EMA β = 0.9, lr rule {policy.lr_rule}; model.fit with gdiv.keras. Total {time.perf_counter() - t0:.1f} s."
+        f"without replacement, EMA β = 0.9, lr rule {policy.lr_rule}; Langevin: gdiv.Langevin(std=0.05) in norms mode; "
+        f"model.fit with gdiv.keras. Total {time.perf_counter() - t0:.1f} s."
     )
     png = gdiv.plot.history(
         {name: runs[0].history for name, runs in results.items()},

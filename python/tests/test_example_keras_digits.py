@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ["fixed 16", "fixed 512", "fixed 512, lr×32", "adaptive"]
+METHODS = ["fixed 16", "fixed 512", "fixed 512, lr×32", "adaptive", "adaptive+Langevin"]
 COLUMNS = ["method", "steps", "examples", "train loss", "train acc", "test loss", "test acc", "mean batch", "wall s"]
 
 
