@@ -115,6 +115,82 @@ def test_whole_model_norms_equal_the_per_example_loop(kind, reduction, path):
     np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=RTOL)
 
 
+class PositionEmbedding(keras.layers.Layer):
+    """Token embeddings plus position embeddings looked up with arange(T) — a batch of none, broadcast
+    over the batch afterwards (the pattern that makes per-layer norms undefined)."""
+
+    def __init__(self, vocab, length, dim):
+        super().__init__()
+        self.tok = keras.layers.Embedding(vocab, dim)
+        self.pos = keras.layers.Embedding(length, dim)
+        self.length = length
+
+    def call(self, ids):
+        return self.tok(ids) + self.pos(keras.ops.arange(self.length))
+
+
+def other_models():
+    """Architectures beyond the rules: each (model, x, y, the units' classes, * = the fallback)."""
+    rng = np.random.default_rng(1)
+    seq, y = rng.normal(size=(5, 6, 4)), rng.integers(0, 3, 5)
+    inp = keras.Input((6, 4))
+    h = keras.layers.MultiHeadAttention(2, 3)(inp, inp)
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.LayerNormalization()(h + inp))
+    ids = keras.Input((6,), dtype="int32")
+    pe = keras.layers.GlobalAveragePooling1D()(PositionEmbedding(11, 6, 4)(ids))
+    return {
+        "lstm": (keras.Sequential([keras.Input((6, 4)), keras.layers.LSTM(5), keras.layers.Dense(3)]), seq, y, ["LSTM*", "Dense"]),
+        "bidirectional-gru": (
+            keras.Sequential([keras.Input((6, 4)), keras.layers.Bidirectional(keras.layers.GRU(3)), keras.layers.Dense(3)]),
+            seq,
+            y,
+            ["GRU*", "GRU*", "Dense"],
+        ),
+        "time-distributed": (
+            keras.Sequential(
+                [keras.Input((6, 4)), keras.layers.TimeDistributed(keras.layers.Dense(5)), keras.layers.Flatten(), keras.layers.Dense(3)]
+            ),
+            seq,
+            y,
+            ["TimeDistributed*", "Dense"],
+        ),
+        "attention": (keras.Model(inp, keras.layers.Dense(3)(h)), seq, y, ["EinsumDense*"] * 4 + ["LayerNormalization", "Dense"]),
+        "position-embedding": (
+            keras.Model(ids, keras.layers.Dense(3)(pe)),
+            rng.integers(0, 11, (5, 6)).astype("int32"),
+            y,
+            ["Dense", "PositionEmbedding*"],
+        ),
+        "separable-grouped": (
+            keras.Sequential(
+                [
+                    keras.Input((8, 8, 4)),
+                    keras.layers.SeparableConv2D(4, 3),
+                    keras.layers.Conv2D(4, 3, groups=2, activation="relu"),
+                    keras.layers.GroupNormalization(2),
+                    keras.layers.Flatten(),
+                    keras.layers.Dense(3),
+                ]
+            ),
+            rng.normal(size=(5, 8, 8, 4)),
+            y,
+            ["SeparableConv2D*", "Conv2D", "GroupNormalization*", "Dense"],
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(other_models()))
+def test_other_architectures_equal_the_per_example_loop(name):
+    model, x, y, units = other_models()[name]
+    want = oracle(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"), x, y)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    mon = gk.DiversityMonitor(model, seed=0)
+    assert [type(u.layer).__name__ + ("*" if u.rule is None else "") for u in mon._taps.units] == units
+    model.train_on_batch(x, y)
+    rec = mon.history[-1]
+    np.testing.assert_allclose([rec["sum_sq_norms"], rec["sq_norm_of_sum"]], want, rtol=1e-9)
+
+
 def test_units_cover_every_variable_once():
     mon = gk.DiversityMonitor(seq_model(), loss_reduction="mean")
     kinds = {type(u.layer).__name__: u.rule is None for u in mon._taps.units}

@@ -221,6 +221,22 @@ def test_conv2d(case, dtype):
     check_rule(layer, randn(shape, dtype), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(
+    "cls, shape, kw",
+    [
+        (keras.layers.Conv2D, (4, 6, 6, 4), dict(kernel_size=3, groups=2)),
+        (keras.layers.Conv2D, (4, 7, 6, 6), dict(kernel_size=(3, 2), groups=3, strides=(2, 1), padding="same")),  # extract_patches
+        (keras.layers.Conv1D, (4, 9, 4), dict(kernel_size=3, groups=2, strides=2, padding="same")),
+    ],
+    ids=["conv2d-g2", "conv2d-g3-strides21", "conv1d-g2"],
+)
+def test_grouped_convolutions(cls, shape, kw, dtype):
+    layer = cls(6, **kw, dtype=dtype, kernel_initializer=init(5), bias_initializer=init(6))
+    assert find_norm_rule(layer) is conv_rule
+    check_rule(layer, randn(shape, dtype), dtype)
+
+
 # -------------------------------------------------------------- Embedding ---
 
 
@@ -331,8 +347,6 @@ def test_declined_configurations_go_to_the_fallback():
     quantized = built(keras.layers.Dense(3), (None, 4))
     quantized.quantize("int8")
     assert find_norm_rule(quantized) is None and "int8" in decline_reason(quantized)
-    groups = built(keras.layers.Conv2D(4, 3, groups=2), (None, 6, 6, 4))
-    assert find_norm_rule(groups) is None and "groups=2" in decline_reason(groups)
     first = built(keras.layers.Conv1D(2, 3, data_format="channels_first"), (None, 3, 8))
     assert find_norm_rule(first) is None and "channels_first" in decline_reason(first)
     emb = built(keras.layers.Embedding(5, 2, lora_rank=1), None)

@@ -36,6 +36,8 @@ from .rules import find_norm_rule
 __all__ = ["Taps", "Unit"]
 
 _F64 = tf.float64
+# Layers measured as one unit, sublayers included, whatever rules their sublayers have.
+_WHOLE = (keras.layers.RNN, keras.layers.TimeDistributed)
 
 
 def _linear(act: Any) -> bool:
@@ -105,7 +107,9 @@ class Taps:
         self.attached = False
         if not taps:
             return
+        self._parents: Dict[int, Any] = {}  # id(layer) → the layer whose _find reached it
         self._find(model, want)
+        self._promote_broadcast(want)
         covered: Dict[int, Unit] = {}
         for u in self.units:
             for v in u.variables:
@@ -127,13 +131,67 @@ class Taps:
     def _find(self, layer: Any, want: set) -> None:
         own = [v for v in _own_trainable(layer) if id(v) in want]
         subs = [sub for sub in getattr(layer, "_layers", []) if any(id(v) in want for v in sub.trainable_variables)]
+        if subs and isinstance(layer, _WHOLE):
+            # Their sublayers run on other batch shapes (an RNN's cell once per time step, TimeDistributed's layer
+            # on B·T rows): the layer as a whole is one unit for the fallback, one example at a time.
+            self.units.append(Unit(layer, None, [v for v in layer.trainable_variables if id(v) in want]))
+            return
         if own:
             rule = find_norm_rule(layer) if not subs else None
             variables = own if rule is not None else [v for v in layer.trainable_variables if id(v) in want]
             self.units.append(Unit(layer, rule, variables))
             return
         for sub in subs:
+            self._parents[id(sub)] = layer
             self._find(sub, want)
+
+    def _promote_broadcast(self, want: set) -> None:
+        """A unit whose output does not run along the batch (a layer fed
+        position ids ``arange(T)`` and broadcast over the batch afterwards)
+        has no per-example gradient of its own: its enclosing layer, which
+        sees the batch, becomes the unit (the fallback, one example at a
+        time). Found by tracing the model once on a batch of 2 (nothing
+        runs); models without ``model.inputs`` are checked at each step."""
+        inputs = getattr(self.model, "inputs", None)
+        if not inputs:
+            return
+        try:
+            specs = [tf.TensorSpec((2,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype)) for t in tf.nest.flatten(inputs)]
+        except (TypeError, ValueError, AttributeError):
+            return
+        if any(None in sp.shape[1:] for sp in specs):
+            return
+        bad: List[Unit] = []
+        seen: Dict[int, Any] = {}  # id(unit) → the leading dim of its output in the probe
+
+        def probe(*xs: Any) -> Any:
+            with self.recording():
+                out = self.model(xs[0] if len(xs) == 1 else list(xs), training=True)
+                for r in self.records:
+                    seen[id(r.unit)] = r.out.shape[0] if isinstance(r.out, tf.Tensor) and r.out.shape.rank else None
+            return out
+
+        for _ in range(8):  # each round promotes one level up
+            self.attach()
+            seen.clear()
+
+            try:
+                tf.function(probe).get_concrete_function(*specs)
+            except Exception:  # noqa: BLE001 - the probe is best effort; the step checks again
+                return
+            finally:
+                self.remove()
+                self.records = []  # the probe's graph tensors must not outlive it
+            bad = [u for u in self.units if seen.get(id(u)) not in (2, None) and id(u) in seen]
+            if not bad:
+                return
+            for u in bad:
+                parent = self._parents.get(id(u.layer))
+                if parent is None:
+                    return
+                inside = {id(x) for x in parent._flatten_layers(include_self=True)}
+                self.units = [w for w in self.units if id(w.layer) not in inside]
+                self.units.append(Unit(parent, None, [v for v in parent.trainable_variables if id(v) in want]))
 
     # -- the wrappers ----------------------------------------------------------
 
@@ -244,8 +302,30 @@ class Taps:
             if isinstance(dz, tf.IndexedSlices):
                 dz = tf.convert_to_tensor(dz)
             u = r.unit
-            for part in self._unit_norms(u, r, dz):
-                total = total + part
+            static_b, static_out = tf.get_static_value(batch), r.out.shape[0] if r.out.shape.rank else None
+            if static_b is not None and static_out is not None and int(static_b) != static_out:
+                raise UnsupportedLayerError(
+                    f"gdiv.keras: the layer {u.layer.name!r} ({type(u.layer).__name__}) ran on {static_out} rows in a step of "
+                    f"{int(static_b)} examples (its input is not batch-first, e.g. position ids broadcast over the batch): "
+                    "compute it inside a layer that sees the batch (that layer is then one unit), or freeze it"
+                )
+            # The examples must run along axis 0 of the layer's output: a layer fed a batch of 1 broadcast over
+            # the batch (position embeddings of arange(T)), or B·T rows, would give norms of other "examples".
+            checks = [
+                tf.debugging.assert_equal(
+                    tf.shape(r.out)[0],
+                    tf.cast(batch, tf.int32),
+                    message=(
+                        f"gdiv.keras: the layer {u.layer.name!r} ({type(u.layer).__name__}) ran on a batch other than the "
+                        "step's (its input is not batch-first, e.g. position ids broadcast over the batch, or rows of "
+                        "B·T): its per-example norms are not defined by its own output; compute it inside a layer that "
+                        "sees the batch (that layer is then one unit), or freeze it"
+                    ),
+                )
+            ]
+            with tf.control_dependencies(checks):
+                for part in self._unit_norms(u, r, dz):
+                    total = total + part
         return total
 
     def _unit_norms(self, u: Unit, r: _Record, dz: Any) -> List[Any]:

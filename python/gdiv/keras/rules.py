@@ -266,11 +266,15 @@ def dense_rule(layer: keras.layers.Layer, x: tf.Tensor, dz: tf.Tensor) -> Dict[s
 def _conv_declines(layer: keras.layers.Layer) -> Optional[str]:
     if layer.data_format != "channels_last":
         return f"data_format={layer.data_format!r} (the rule takes channels_last)"
-    if layer.groups != 1:
-        return f"groups={layer.groups} (the rule takes groups=1)"
     if layer.rank not in (1, 2):
         return f"a {layer.rank}-D convolution (the rule takes 1-D and 2-D)"
     return _lora_or_quantized(layer)
+
+
+def _channel_major(layer: keras.layers.Layer) -> bool:
+    """Whether :func:`conv_patches` orders the last axis (C_in, taps) (the
+    depthwise path) rather than (taps, C_in) (extract_patches)."""
+    return layer.rank == 1 or layer.strides[0] == layer.strides[1]
 
 
 def conv_patches(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
@@ -296,7 +300,7 @@ def conv_patches(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
         (kh, kw), (sh, sw), (dh, dw) = (k, 1), (s, s), (d, d)  # the width is 1: its stride and dilation do nothing
     else:
         (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
-    if sh == sw:
+    if _channel_major(layer):
         c = x.shape[-1]
         if c is None:
             raise UnsupportedLayerError(f"gdiv.keras: {_name(layer)}: the input's channel count is unknown")
@@ -307,8 +311,9 @@ def conv_patches(layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
 
 
 def conv_rule(layer: keras.layers.Layer, x: tf.Tensor, dz: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """``keras.layers.Conv1D`` / ``Conv2D`` (channels_last, groups=1, any
-    strides, dilation and padding): im2col, then Dense on the positions.
+    """``keras.layers.Conv1D`` / ``Conv2D`` (channels_last, any strides,
+    dilation, padding and groups): im2col, then Dense on the positions (per
+    group: its input channels against its filters).
 
     Raises:
         UnsupportedLayerError: a configuration :func:`decline_reason` names
@@ -318,10 +323,28 @@ def conv_rule(layer: keras.layers.Layer, x: tf.Tensor, dz: tf.Tensor) -> Dict[st
     dt = _compute_dtype(dz)
     x = tf.cast(_dense(layer, x, "input"), dt)
     dz = tf.cast(_dense(layer, dz, "output gradient"), dt)
-    k = math.prod(layer.kernel_size) * x.shape[-1] if x.shape[-1] is not None else None
+    taps, c = math.prod(layer.kernel_size), x.shape[-1]
+    k = taps * c if c is not None else None
     a = _as_sequence(conv_patches(layer, x), k)  # (B, P, kh·kw·C_in)
     g = _as_sequence(dz, layer.filters)  # (B, P, F)
-    out = {"kernel": tf.cast(sq_norm_of_outer_sums(a, g), tf.float64)}
+    groups = layer.groups
+    if groups == 1:
+        kernel = sq_norm_of_outer_sums(a, g)
+    else:  # group j: its C_in/groups input channels against its F/groups filters
+        if c is None:
+            raise _refuse(layer, "a grouped convolution needs the input's channel count")
+        cg, fg = c // groups, layer.filters // groups
+        shape = tf.shape(a)
+        a = tf.reshape(a, [shape[0], shape[1], c, taps] if _channel_major(layer) else [shape[0], shape[1], taps, c])
+        if not _channel_major(layer):
+            a = tf.transpose(a, [0, 1, 3, 2])
+        kernel = tf.add_n(
+            [
+                sq_norm_of_outer_sums(tf.reshape(a[:, :, j * cg : (j + 1) * cg, :], [shape[0], shape[1], cg * taps]), g[:, :, j * fg : (j + 1) * fg])
+                for j in range(groups)
+            ]
+        )
+    out = {"kernel": tf.cast(kernel, tf.float64)}
     if layer.bias is not None:
         out["bias"] = _sq64(tf.reduce_sum(g, axis=1))
     return out
