@@ -17,7 +17,8 @@ import (
 //   - the policy, adjusted once for training (MinBatch ≥ 2, MaxBatch 0 →
 //     the data set size) and the decision counter behind its warm-up;
 //   - the initial batch B₀ and the LR rule's factor ScaleLR(rule, 1, B₀, B)
-//     for a mean-reduced loss;
+//     for a mean-reduced loss, its cap (MaxLRFactor) and its warm-up after
+//     a batch change (LRWarmupSteps);
 //   - the conversion of measured scalars to the batch sums (loss scales,
 //     the B² of a mean-reduced loss; BatchSumsFromScalars);
 //   - the Langevin correction of a trainer that adds the summed noise once
@@ -69,6 +70,25 @@ type ControllerSettings struct {
 	// the batch (the step the curvature allows does not grow with the
 	// batch). 0 means no cap; otherwise ≥ 1.
 	MaxLRFactor float64
+	// LRWarmupSteps W ≥ 0 ramps the LR factor of a MeanStep loop after
+	// each change of the batch the policy decides, instead of jumping to
+	// the new batch's factor (Goyal et al., "Accurate, Large Minibatch
+	// SGD: Training ImageNet in 1 Hour", 2017, §2.2: the linear rule's
+	// large rate is unstable while the weights still change fast, and a
+	// linear warm-up to it avoids the early divergence). When the policy
+	// changes the batch after a step whose factor was f₀ and the next
+	// batch's factor (the rule's, capped by MaxLRFactor) is f > f₀, the
+	// k-th step after the change (k = 1, …, W) uses
+	//
+	//	f₀ + (k/W)·(f − f₀),
+	//
+	// f the rule's factor at that step (it moves with the estimate under
+	// LRAdaScale), so the W-th step reaches it. A change during a ramp
+	// starts a new one from the factor of the step before it. A change to
+	// a factor f ≤ f₀ (a smaller batch) applies at once: a smaller step is
+	// always safe. The factor never exceeds the rule's (nor the cap). 0 or
+	// 1 means no warm-up; without a policy the batch never changes here.
+	LRWarmupSteps int
 	// WorldSize P ≥ 1 is the number of data-parallel workers sharing each
 	// batch (0 means 1): the adjusted policy's MultipleOf becomes
 	// lcm(MultipleOf, P), so that every worker gets an equal share.
@@ -148,6 +168,12 @@ type ControllerState struct {
 	// next measured one (0: measure the next step).
 	Interval int `json:"interval"`
 	Wait     int `json:"wait"`
+	// RampFrom is the LR factor f₀ the warm-up ramps from and RampLeft the
+	// number of its steps still to take (ControllerSettings.LRWarmupSteps;
+	// both 0 without a ramp in progress): the next step is step
+	// W − RampLeft + 1 of the ramp.
+	RampFrom float64 `json:"ramp_from"`
+	RampLeft int     `json:"ramp_left"`
 }
 
 // Observation is what a trainer measured in one step.
@@ -276,6 +302,8 @@ func NewController(s ControllerSettings) (*Controller, error) {
 		return nil, fieldErr("world_size", "world size = %d, want ≥ 1 (0 means 1)", s.WorldSize)
 	case s.MaxLRFactor != 0 && !(s.MaxLRFactor >= 1 && !math.IsInf(s.MaxLRFactor, 1)):
 		return nil, fieldErr("max_lr_factor", "max LR factor = %v, want a finite factor ≥ 1 (0 or None: no cap)", s.MaxLRFactor)
+	case s.LRWarmupSteps < 0:
+		return nil, fieldErr("lr_warmup_steps", "LR warm-up of %d steps, want ≥ 0 (0: none)", s.LRWarmupSteps)
 	}
 	if err := s.Cadence.validate(); err != nil {
 		return nil, err
@@ -382,6 +410,14 @@ func (c *Controller) SetState(s ControllerState) error {
 		return fieldErr("wait", "steps to the next measurement = %d, want 0 ≤ wait < interval = %d", s.Wait, s.Interval)
 	case c.pol != nil && !c.pol.allows(s.Batch):
 		return fieldErr("batch", "batch = %d is not allowed by the policy (a multiple of %d in [%d, %d])", s.Batch, c.pol.MultipleOf, c.pol.MinBatch, c.pol.MaxBatch)
+	case s.RampLeft < 0 || s.RampLeft > c.rampSteps():
+		return fieldErr("ramp_left", "LR warm-up steps left = %d, want 0 ≤ steps ≤ %d (lr_warmup_steps, 0 without a warm-up)", s.RampLeft, c.rampSteps())
+	case s.RampLeft == 0 && s.RampFrom != 0:
+		return fieldErr("ramp_from", "LR warm-up from factor %v without a ramp in progress, want 0", s.RampFrom)
+	case s.RampLeft > 0 && !(s.RampFrom > 0 && !math.IsInf(s.RampFrom, 1)):
+		return fieldErr("ramp_from", "LR warm-up from factor %v, want a finite factor > 0", s.RampFrom)
+	case s.RampLeft > 0 && c.set.MaxLRFactor > 0 && s.RampFrom > c.set.MaxLRFactor:
+		return fieldErr("ramp_from", "LR warm-up from factor %v above the cap max_lr_factor = %v", s.RampFrom, c.set.MaxLRFactor)
 	}
 	c.est = e
 	c.state = s
@@ -391,17 +427,38 @@ func (c *Controller) SetState(s ControllerState) error {
 
 // LRFactor returns ScaleLR(LR, 1, B₀, batch) for a MeanStep loop (1 for
 // SumStep), B₀ the first observed batch (batch itself before the first
-// observation). It panics if batch < 1.
+// observation): the factor of the next step. It panics if batch < 1.
 //
 // It is at most MaxLRFactor (when set). With LRAdaScale it is
 // AdaScaleGain(B₀, batch, smoothed estimate): the
 // estimate before this step's observation (1 before the first estimate),
 // so that the rate of a step is known before its gradient, as for the
-// other rules.
+// other rules. During an LR warm-up (LRWarmupSteps) it is the ramp's
+// factor, between the factor ramped from and the rule's.
 func (c *Controller) LRFactor(batch int) float64 {
 	if c.set.Step != MeanStep {
 		return 1
 	}
+	f := c.ruleFactor(batch)
+	if left := c.state.RampLeft; left > 0 && f > c.state.RampFrom {
+		w := c.set.LRWarmupSteps
+		f0 := c.state.RampFrom
+		f = f0 + float64(w-left+1)/float64(w)*(f-f0)
+	}
+	return f
+}
+
+// rampSteps is the length of the LR warm-up (0: none).
+func (c *Controller) rampSteps() int {
+	if c.set.Step != MeanStep || c.set.LRWarmupSteps < 2 {
+		return 0
+	}
+	return c.set.LRWarmupSteps
+}
+
+// ruleFactor is the LR rule's factor for the next step at the batch,
+// capped by MaxLRFactor, without the warm-up.
+func (c *Controller) ruleFactor(batch int) float64 {
 	b0 := c.state.FirstBatch
 	if b0 == 0 {
 		b0 = batch
@@ -477,6 +534,9 @@ func (c *Controller) Observe(o Observation) (Decision, error) {
 	}
 	st.Steps++
 	st.Examples += b
+	if st.RampLeft > 0 {
+		st.RampLeft--
+	}
 	before := c.est.Smoothed()
 
 	switch {
@@ -503,6 +563,10 @@ func (c *Controller) Observe(o Observation) (Decision, error) {
 	if c.pol == nil {
 		st.Batch = b
 	}
+	c.advanceRamp(b, d.LRFactor)
+	if st.RampLeft == 0 {
+		st.RampFrom = 0
+	}
 	d.NextBatch = st.Batch
 	d.Smoothed = c.est.Smoothed()
 	d.Diversity = math.NaN()
@@ -512,6 +576,23 @@ func (c *Controller) Observe(o Observation) (Decision, error) {
 	c.advanceCadence(d.Skipped, before, d.Smoothed)
 	d.MeasureNext = st.Wait == 0
 	return d, nil
+}
+
+// advanceRamp starts an LR warm-up when the batch changes from b (the
+// step just observed, whose factor was f0) to a batch whose factor exceeds
+// f0, and ends one when it changes to a factor at or below f0 (see
+// ControllerSettings.LRWarmupSteps).
+func (c *Controller) advanceRamp(b int, f0 float64) {
+	st := &c.state
+	w := c.rampSteps()
+	if w == 0 || st.Batch == b || st.Batch == 0 {
+		return
+	}
+	if c.ruleFactor(st.Batch) > f0 {
+		st.RampFrom, st.RampLeft = f0, w
+	} else {
+		st.RampLeft = 0
+	}
 }
 
 // advanceCadence moves the cadence past one step (see Cadence).

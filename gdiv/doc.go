@@ -106,7 +106,14 @@
 // limited to a growth factor per decision, damped by hysteresis and held
 // during a warm-up. An estimate with no signal (Ĝ ≤ 0) moves toward
 // MaxBatch. ScaleLR gives the LR rules for a mean-reduced loss when B
-// changes: linear (keeps the sum step's γ), sqrt, none.
+// changes: linear (keeps the sum step's γ), sqrt, none; AdaScaleGain the
+// adascale rule. A Controller caps the factor (MaxLRFactor) and can ramp
+// it after each batch change (LRWarmupSteps W, after Goyal et al. 2017):
+// from the factor f₀ of the step before the change to the rule's f,
+//
+//	f_k = f₀ + (k/W)·(f − f₀),   k = 1, …, W,
+//
+// at once when f ≤ f₀ (a smaller batch).
 //
 // # Conventions
 //

@@ -20,11 +20,13 @@ import (
 //	cfg[18]    cadence: measure every k steps (0, 1: every step)
 //	cfg[19]    1 for the adaptive cadence           cfg[20] its max interval (0: 16)
 //	cfg[21]    max LR factor (0: no cap)           cfg[22] world size (0, 1: one worker)
+//	cfg[23]    LR warm-up steps (0, 1: none)
 //
 //	state[0:5]  estimator state (stateLen layout)
 //	state[5:10] batch, steps, examples, decisions, first batch
 //	state[10:12] the seed of the next step's mechanism draws (StepSeed), written by Go
 //	state[12:14] the cadence's interval and steps to wait before the next measured step
+//	state[14:16] the LR warm-up: the factor it ramps from, its steps left (0, 0: none)
 //
 //	in[0:12]  batch, sum_sq_norms, sq_norm_batch_grad, mean (0/1), norms scale,
 //	          grad scale, b_small, sq_norm_small, dim, noise_dot, noise_sq_norm,
@@ -36,8 +38,8 @@ import (
 //	out[19]    diversity (NaN: unknown)             out[20] skip code (gdiv.Skip)
 //	out[21]    1 if the cadence measures the next step
 const (
-	ctrlCfgLen   = 23
-	ctrlStateLen = 14
+	ctrlCfgLen   = 24
+	ctrlStateLen = 16
 	ctrlInLen    = 12
 	ctrlOutLen   = 22
 )
@@ -62,12 +64,12 @@ func joinSeed(v []float64, what string) (uint64, error) {
 // readController builds the controller of the settings at cfg.
 func readController(cfg uintptr) (*gdiv.Controller, error) {
 	v := outBuf(cfg, ctrlCfgLen)
-	var ints [10]int
+	var ints [11]int
 	for i, f := range []struct {
 		name string
 		at   int
 	}{{"has_policy", 8}, {"batch_size", 9}, {"dataset_size", 10}, {"sampling", 11}, {"step", 13}, {"lr_rule", 14},
-		{"measure_every", 18}, {"measure_auto", 19}, {"max_measure_every", 20}, {"world_size", 22}} {
+		{"measure_every", 18}, {"measure_auto", 19}, {"max_measure_every", 20}, {"world_size", 22}, {"lr_warmup_steps", 23}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return nil, &gdiv.FieldError{Field: f.name, Err: err}
@@ -81,7 +83,7 @@ func readController(cfg uintptr) (*gdiv.Controller, error) {
 	s := gdiv.ControllerSettings{
 		Batch: ints[1], DatasetSize: ints[2], Sampling: gdiv.Sampling(ints[3]),
 		EstimatorBeta: v[12], Step: gdiv.StepRule(ints[4]), LR: gdiv.LRRule(ints[5]),
-		LangevinStd: v[15], Seed: seed, MaxLRFactor: v[21], WorldSize: ints[9],
+		LangevinStd: v[15], Seed: seed, MaxLRFactor: v[21], WorldSize: ints[9], LRWarmupSteps: ints[10],
 		Cadence: gdiv.Cadence{Every: ints[6], Auto: ints[7] != 0, MaxEvery: ints[8]},
 	}
 	if ints[0] != 0 {
@@ -101,11 +103,11 @@ func readCtrlState(addr uintptr) (gdiv.ControllerState, error) {
 		return gdiv.ControllerState{}, &gdiv.FieldError{Field: "estimator", Err: err}
 	}
 	v := outBuf(addr, ctrlStateLen)
-	var ints [7]int
+	var ints [8]int
 	for i, f := range []struct {
 		name string
 		at   int
-	}{{"batch", 5}, {"steps", 6}, {"examples", 7}, {"decisions", 8}, {"first_batch", 9}, {"interval", 12}, {"wait", 13}} {
+	}{{"batch", 5}, {"steps", 6}, {"examples", 7}, {"decisions", 8}, {"first_batch", 9}, {"interval", 12}, {"wait", 13}, {"ramp_left", 15}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return gdiv.ControllerState{}, &gdiv.FieldError{Field: f.name, Err: err}
@@ -113,7 +115,7 @@ func readCtrlState(addr uintptr) (gdiv.ControllerState, error) {
 		ints[i] = k
 	}
 	return gdiv.ControllerState{Estimator: est, Batch: ints[0], Steps: ints[1], Examples: ints[2], Decisions: ints[3], FirstBatch: ints[4],
-		Interval: ints[5], Wait: ints[6]}, nil
+		Interval: ints[5], Wait: ints[6], RampFrom: v[14], RampLeft: ints[7]}, nil
 }
 
 func writeCtrlState(addr uintptr, c *gdiv.Controller) {
@@ -124,6 +126,7 @@ func writeCtrlState(addr uintptr, c *gdiv.Controller) {
 	o[5], o[6], o[7], o[8], o[9] = float64(st.Batch), float64(st.Steps), float64(st.Examples), float64(st.Decisions), float64(st.FirstBatch)
 	splitSeed(o[10:12], c.StepSeed(st.Steps+1))
 	o[12], o[13] = float64(st.Interval), float64(st.Wait)
+	o[14], o[15] = st.RampFrom, float64(st.RampLeft)
 }
 
 // ControllerInit validates the settings at cfg, writes the initial state

@@ -111,3 +111,55 @@ func TestControllerInitErrors(t *testing.T) {
 		t.Errorf("LR rule with a sum loss: %v", err)
 	}
 }
+
+// TestControllerBridgeLRWarmup: cfg[23] is the warm-up and state[14:16]
+// its ramp; the bridge's factors and ramp state are Go's, and a bad ramp in
+// the state is a field error.
+func TestControllerBridgeLRWarmup(t *testing.T) {
+	pol := &gdiv.BatchSizePolicy{MinBatch: 4, MaxBatch: 64}
+	cfg := ctrlCfg(t, pol, 0, 100, true, gdiv.LRLinear)
+	v := outBuf(cfg, ctrlCfgLen)
+	v[23] = 4
+	stAddr, st := foreign64(t, make([]float64, ctrlStateLen))
+	polAddr, _ := foreign64(t, make([]float64, policyLen))
+	if _, err := ControllerInit(cfg, stAddr, polAddr); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := gdiv.NewController(gdiv.ControllerSettings{Policy: pol, DatasetSize: 100, EstimatorBeta: 0.9, Step: gdiv.MeanStep, LR: gdiv.LRLinear,
+		Seed: 0xdeadbeefcafe1234, LRWarmupSteps: 4})
+	inAddr, in := foreign64(t, make([]float64, ctrlInLen))
+	outAddr, out := foreign64(t, make([]float64, ctrlOutLen))
+	ramps := 0
+	for k := 1; k <= 12; k++ {
+		b := c.Batch()
+		s1 := 1 / float64(b) // no signal: the batch doubles, each time with a ramp
+		copy(in, []float64{float64(b), s1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
+		if _, err := ControllerObserve(cfg, stAddr, inAddr, outAddr); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := c.Observe(gdiv.Observation{Batch: b, SumSqNorms: s1, Mean: true})
+		gs := c.State()
+		if out[3] != d.LRFactor || st[14] != gs.RampFrom || st[15] != float64(gs.RampLeft) {
+			t.Fatalf("step %d: bridge factor %v, ramp %v; Go %v, %+v", k, out[3], st[14:16], d.LRFactor, gs)
+		}
+		if gs.RampLeft > 0 {
+			ramps++
+		}
+	}
+	if ramps == 0 {
+		t.Fatal("no ramp: the case does not exercise the warm-up")
+	}
+	v[23] = -1
+	if _, err := ControllerInit(cfg, stAddr, polAddr); err == nil || !strings.HasPrefix(err.Error(), "[param:lr_warmup_steps] ") {
+		t.Errorf("negative warm-up: %v", err)
+	}
+	v[23] = 4
+	st[15] = 9
+	if _, err := ControllerSetState(cfg, stAddr); err == nil || !strings.HasPrefix(err.Error(), "[param:ramp_left] ") {
+		t.Errorf("ramp_left > W: %v", err)
+	}
+	st[15] = 2.5
+	if _, err := ControllerSetState(cfg, stAddr); err == nil || !strings.HasPrefix(err.Error(), "[param:ramp_left] ") {
+		t.Errorf("fractional ramp_left: %v", err)
+	}
+}

@@ -23,7 +23,7 @@ func TestTrainProgress(t *testing.T) {
 	defer r.Close()
 	defer w.Close()
 	pol := gdiv.BatchSizePolicy{MaxBatch: 16}
-	settings, _ := foreign64(t, []float64{0.05, 1, 0, 0, 200, 1, 0, 0.5, 3})
+	settings, _ := foreign64(t, []float64{0.05, 1, 0, 0, 200, 1, 0, 0.5, 3, 0})
 	np := h*(d+1) + k*(h+1)
 	wAddr, _ := foreign64(t, make([]float64, np))
 	hAddr, _ := foreign64(t, make([]float64, 200*historyLen))

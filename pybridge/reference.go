@@ -50,7 +50,7 @@ const (
 // Buffer lengths.
 const (
 	specLen     = 6
-	settingsLen = 9
+	settingsLen = 10
 	historyLen  = 13
 	summaryLen  = 19
 )
@@ -307,18 +307,18 @@ func Step(spec uintptr, xKind int, xAddr, yAddr uintptr, n, d int, w uintptr, wL
 
 // readSettings decodes the settings buffer,
 //
-//	settings[0:9] = lr, step, batch, steps, examples, sampling, radius,
-//	                estimator_beta, eval_every
+//	settings[0:10] = lr, step, batch, steps, examples, sampling, radius,
+//	                 estimator_beta, eval_every, lr_warmup_steps
 //
 // (step 0 sum, 1 mean; sampling 0 replacement, 1 shuffle: the values of
 // train.SumStep, MeanStep, WithReplacement, Shuffle). SGD validates them.
 func readSettings(addr uintptr) (train.SGDSettings, error) {
 	v := outBuf(addr, settingsLen)
-	var ints [6]int
+	var ints [7]int
 	for i, f := range []struct {
 		name string
 		at   int
-	}{{"step rule code", 1}, {"batch", 2}, {"steps", 3}, {"examples", 4}, {"sampling code", 5}, {"eval_every", 8}} {
+	}{{"step rule code", 1}, {"batch", 2}, {"steps", 3}, {"examples", 4}, {"sampling code", 5}, {"eval_every", 8}, {"lr_warmup_steps", 9}} {
 		k, err := intOf(f.name, v[f.at])
 		if err != nil {
 			return train.SGDSettings{}, err
@@ -328,6 +328,7 @@ func readSettings(addr uintptr) (train.SGDSettings, error) {
 	return train.SGDSettings{
 		LR: v[0], Step: train.StepRule(ints[0]), Batch: ints[1], Steps: ints[2], Examples: ints[3],
 		Sampling: train.Sampling(ints[4]), Radius: v[6], EstimatorBeta: v[7], EvalEvery: ints[5],
+		LRWarmupSteps: ints[6],
 	}, nil
 }
 

@@ -148,13 +148,13 @@ func TestTrainMatchesSGD(t *testing.T) {
 	np := prob.NumParams()
 	pol := gdiv.BatchSizePolicy{MaxBatch: 16, LR: gdiv.LRLinear}
 	s := train.SGDSettings{LR: 0.05, Step: train.MeanStep, Policy: &pol, Examples: 200, Sampling: train.Shuffle,
-		Mechanism: gdiv.Dropout{P: 0.25}, Seed: 11, EstimatorBeta: 0.5, EvalEvery: 3, RecordIndices: true}
+		Mechanism: gdiv.Dropout{P: 0.25}, Seed: 11, EstimatorBeta: 0.5, EvalEvery: 3, RecordIndices: true, LRWarmupSteps: 3}
 	want, err := train.SGD(prob, prob.InitialWeights(rand.New(rand.NewPCG(11, train.InitStream))), s)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	settings, _ := foreign64(t, []float64{0.05, 1, 0, 0, 200, 1, 0, 0.5, 3})
+	settings, _ := foreign64(t, []float64{0.05, 1, 0, 0, 200, 1, 0, 0.5, 3, 3})
 	wAddr, w := foreign64(t, make([]float64, np))
 	hAddr, hist := foreign64(t, make([]float64, 200*historyLen))
 	ibuf := foreign(t, 8*400)
@@ -265,7 +265,7 @@ func TestReferenceErrorsAreTagged(t *testing.T) {
 	iAddr := uintptr(unsafe.Pointer(&one[0]))
 	badY, _ := foreign64(t, []float64{0, 1, 2, 0, 1, 0, 1, 0, 1, 0})
 	nanX, _ := foreign64(t, append([]float64{math.NaN()}, make([]float64, n*d-1)...))
-	settings, _ := foreign64(t, []float64{-1, 0, 2, 3, 0, 0, 0, 0, 0})
+	settings, _ := foreign64(t, []float64{-1, 0, 2, 3, 0, 0, 0, 0, 0, 0})
 	sAddr, _ := foreign64(t, make([]float64, summaryLen))
 	hAddr, _ := foreign64(t, make([]float64, 3*historyLen))
 	badSpec, _ := foreign64(t, []float64{9, 0, 0, 0, 1, 2})

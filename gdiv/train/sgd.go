@@ -75,6 +75,10 @@ type SGDSettings struct {
 	// sum-step already keeps the per-example step γ fixed at every batch
 	// size, which is what LRLinear does for a mean-reduced loss.
 	Policy *gdiv.BatchSizePolicy
+	// LRWarmupSteps W ramps the MeanStep step size over W steps after each
+	// batch change the policy decides (gdiv.ControllerSettings.LRWarmupSteps,
+	// after Goyal et al. 2017); 0 or 1 means none. SumStep ignores it.
+	LRWarmupSteps int
 
 	// Steps and Examples stop the run at whichever is reached first: after
 	// Steps steps, or once at least Examples per-example gradients have
@@ -329,6 +333,7 @@ func checkSGD(n, d int, w0 []float64, s *SGDSettings) (*gdiv.Controller, error) 
 	ctrl, err := gdiv.NewController(gdiv.ControllerSettings{
 		Policy: s.Policy, Batch: s.Batch, DatasetSize: n, Sampling: s.Sampling,
 		EstimatorBeta: s.EstimatorBeta, Step: s.Step, LR: lr, Seed: s.Seed,
+		LRWarmupSteps: s.LRWarmupSteps,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("SGD: %w", err)

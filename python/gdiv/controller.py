@@ -24,7 +24,7 @@ from .policy import LR_RULES, BatchSizePolicy
 
 __all__ = ["Controller", "Decision", "EstimatorView", "SKIP_REASONS", "step_seed"]
 
-_CFG, _STATE, _IN, _OUT = 23, 14, 12, 22
+_CFG, _STATE, _IN, _OUT = 24, 16, 12, 22
 _CfgBuf = ctypes.c_double * _CFG
 _StateBuf = ctypes.c_double * _STATE
 _InBuf = ctypes.c_double * _IN
@@ -38,6 +38,7 @@ SKIP_REASONS = (None, "batch of 1", "non-finite", "unmeasured")
 
 _STATE_KEYS = ("batch", "steps", "examples", "decisions", "first_batch")  # state[5:10]
 _CADENCE_KEYS = ("interval", "wait")  # state[12:14]
+_RAMP_KEYS = ("ramp_from", "ramp_left")  # state[14:16]; absent from checkpoints before the LR warm-up: 0 (no ramp)
 _EST_KEYS = ("beta", "steps", "ema_m2", "ema_g", "weight")
 
 
@@ -134,6 +135,12 @@ class Controller:
         max_lr_factor: None, or a cap ≥ 1 on the LR factor: the learning
             rate never exceeds max_lr_factor × the initial one, whatever the
             rule and the batch.
+        lr_warmup_steps: W ≥ 0 (mean loss): after each batch change the
+            policy decides, ramp the LR factor linearly over W steps from
+            the factor of the step before the change to the rule's (Goyal
+            et al. 2017's warm-up; the W-th step reaches it); a change to a
+            lower factor applies at once. 0 or 1: none (Go's
+            ``ControllerSettings.LRWarmupSteps``).
         world_size: the data-parallel workers P sharing each batch: the
             adjusted policy rounds to lcm(multiple_of, P).
         langevin_std: σ ≥ 0 of Langevin noise added once to the summed
@@ -168,6 +175,7 @@ class Controller:
         max_measure_every: int = 16,
         max_lr_factor: Optional[float] = None,
         world_size: int = 1,
+        lr_warmup_steps: int = 0,
     ) -> None:
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
@@ -191,6 +199,7 @@ class Controller:
             measure_every = check_int("measure_every", measure_every, lo=1, f64=True)
         max_measure_every = check_int("max_measure_every", max_measure_every, lo=1, f64=True)
         world_size = check_int("world_size", world_size, lo=1, f64=True)
+        lr_warmup_steps = check_int("lr_warmup_steps", lr_warmup_steps, lo=0, f64=True)
         if max_lr_factor is not None:
             max_lr_factor = check_float("max_lr_factor", max_lr_factor)
             if max_lr_factor == 0:  # Go's "no cap"; in Python that is None
@@ -211,6 +220,7 @@ class Controller:
             "max_measure_every": max_measure_every,
             "max_lr_factor": max_lr_factor,
             "world_size": world_size,
+            "lr_warmup_steps": lr_warmup_steps,
         }
         cfg = _CfgBuf()
         if policy is not None:
@@ -229,6 +239,7 @@ class Controller:
         cfg[20] = float(max_measure_every)
         cfg[21] = 0.0 if max_lr_factor is None else float(max_lr_factor)
         cfg[22] = float(world_size)
+        cfg[23] = float(lr_warmup_steps)
         state = _StateBuf()
         pol = _PolBuf()
         try:
@@ -382,6 +393,7 @@ class Controller:
         st = self._state
         d: Dict[str, Any] = {k: int(st[5 + i]) for i, k in enumerate(_STATE_KEYS)}
         d.update({k: int(st[12 + i]) for i, k in enumerate(_CADENCE_KEYS)})
+        d["ramp_from"], d["ramp_left"] = st[14], int(st[15])
         est = {k: st[i] for i, k in enumerate(_EST_KEYS)}
         est["steps"] = int(est["steps"])
         d["estimator"] = est
@@ -390,7 +402,9 @@ class Controller:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output: validated by Go as a whole
-        first; on any error nothing changes.
+        first; on any error nothing changes. A state without the LR
+        warm-up's ``ramp_from``/``ramp_left`` (a checkpoint from before it)
+        loads as one with no ramp in progress.
 
         Raises:
             gdiv.ParamError: a missing, mistyped or inconsistent field (named).
@@ -406,6 +420,8 @@ class Controller:
                 buf[5 + i] = _real(k, state[k])
             for i, k in enumerate(_CADENCE_KEYS):
                 buf[12 + i] = _real(k, state[k])
+            for i, k in enumerate(_RAMP_KEYS):
+                buf[14 + i] = _real(k, state.get(k, 0))
             factor = _real("lr_factor", state.get("lr_factor", 1.0))
         except ParamError:
             raise

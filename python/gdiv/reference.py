@@ -808,6 +808,7 @@ def train(
     estimator_beta: float = 0.0,
     eval_every: int = 0,
     record_indices: bool = False,
+    lr_warmup_steps: int = 0,
     classes: Optional[int] = None,
     progress: Optional[bool] = None,
 ) -> TrainResult:
@@ -853,6 +854,11 @@ def train(
             only after the last step.
         record_indices: keep every batch's example indices in
             :attr:`TrainResult.batches` (to replay the run elsewhere).
+        lr_warmup_steps: W ≥ 0 (step="mean" with a policy): after each
+            batch change, ramp the step size linearly over W steps from the
+            previous step's to the LR rule's (Go's
+            ``SGDSettings.LRWarmupSteps``, as ``gdiv.Controller``'s); 0 or
+            1: none.
         classes: K for softmax and mlp (None: max(y) + 1).
         progress: print about twenty progress lines during the run, the
             same lines as ``gdiv train`` ("train:  45.0%  step ..."), on
@@ -896,7 +902,7 @@ def train(
     record = bool(record_indices)
     fd = _progress_fd(progress)
     s = _seed(seed)
-    settings = (ctypes.c_double * 9)(
+    settings = (ctypes.c_double * 10)(
         _float("lr", lr),
         rule,
         b,
@@ -906,6 +912,7 @@ def train(
         _float("radius", radius),
         _float("estimator_beta", estimator_beta),
         _int("eval_every", eval_every),
+        _int("lr_warmup_steps", lr_warmup_steps),
     )
     data = _Data(X, y, problem, l2, hidden, activation, intercept, classes)
     n_params = data.n_params()

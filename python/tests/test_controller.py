@@ -136,6 +136,7 @@ def test_bad_estimator_state_is_refused_atomically(key, value):
         (dict(policy=gdiv.BatchSizePolicy(max_batch=500), dataset_size=100, sampling="shuffle"), "max_batch"),
         (dict(policy=gdiv.BatchSizePolicy(multiple_of=4), batch_size=6), "batch_size"),
         (dict(langevin_std=-1.0), "langevin_std"),
+        (dict(lr_warmup_steps=-1), "lr_warmup_steps"),
     ],
 )
 def test_settings_errors_name_the_field_as_data(kw, field):
@@ -196,3 +197,82 @@ def test_monitor_passes_max_lr_factor_through():
         torch.nn.functional.cross_entropy(m(x), y).backward()
         rec = mon.step()
     assert rec["lr"] == pytest.approx(0.25) and opt.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def _no_signal(ctl):
+    """One step of no signal (Ĝ < 0): the policy doubles the batch."""
+    b = ctl.batch_size
+    return ctl.observe(b, float(b), 0.0)
+
+
+def test_lr_warmup_ramps_after_each_increase():
+    """W = 4, linear rule from B₀ = 8, the batch doubling 8 → 16 → 32 → 64:
+    each increase ramps from the factor of the step before it, the W-th
+    step reaches the rule's factor (hand-computed, as Go's test)."""
+    pol = gdiv.BatchSizePolicy(min_batch=8, max_batch=64)
+    ctl = gdiv.Controller(policy=pol, estimator_beta=0.0, loss_reduction="mean", lr_rule="linear", lr_warmup_steps=4, seed=0)
+    assert ctl.settings["lr_warmup_steps"] == 4
+    got = [(d.batch, d.lr_factor) for d in (_no_signal(ctl) for _ in range(7))]
+    f3 = 1.9375
+    want = [(8, 1.0), (16, 1.25), (32, f3), (64, f3 + (8 - f3) / 4), (64, f3 + 2 * (8 - f3) / 4), (64, f3 + 3 * (8 - f3) / 4), (64, 8.0)]
+    assert [b for b, _ in got] == [b for b, _ in want]
+    assert [f for _, f in got] == pytest.approx([f for _, f in want], rel=1e-15)
+    st = ctl.state_dict()
+    assert st["ramp_from"] == 0.0 and st["ramp_left"] == 0
+    d = ctl.observe(64, 64.0, 64.0**2)  # all gradients equal: B̂_S = 1, the batch halves
+    assert d.next_batch == 32 and _no_signal(ctl).lr_factor == 4.0  # the decrease at once
+
+
+def test_lr_warmup_state_round_trip_mid_ramp():
+    """A checkpoint mid-ramp (state_dict, pickle) continues identically; a
+    state from before the warm-up existed (no ramp keys) loads as no ramp;
+    a bad ramp is refused atomically, naming the field."""
+    pol = gdiv.BatchSizePolicy(min_batch=8, max_batch=64)
+    kw = dict(policy=pol, estimator_beta=0.0, loss_reduction="mean", lr_rule="linear", lr_warmup_steps=4, seed=3)
+    ctl = gdiv.Controller(**kw)
+    for _ in range(4):
+        _no_signal(ctl)
+    st = ctl.state_dict()
+    assert st["ramp_from"] == 1.9375 and st["ramp_left"] == 3
+    twin = pickle.loads(pickle.dumps(ctl))
+    fresh = gdiv.Controller(**ctl.settings, seed=3)
+    fresh.load_state_dict(st)
+    for _ in range(4):
+        assert len({_no_signal(c).lr_factor for c in (ctl, twin, fresh)}) == 1
+
+    old = {k: v for k, v in st.items() if k not in ("ramp_from", "ramp_left")}
+    legacy = gdiv.Controller(**kw)
+    legacy.load_state_dict(old)
+    assert legacy.state_dict()["ramp_left"] == 0
+    assert _no_signal(legacy).lr_factor == 8.0  # no ramp in progress: the rule's factor
+
+    before = fresh.state_dict()
+    for key, value in (("ramp_left", 9), ("ramp_left", -1), ("ramp_from", -2.0), ("ramp_left", 1.5)):
+        with pytest.raises(gdiv.ParamError) as e:
+            fresh.load_state_dict(dict(st, **{key: value}))
+        assert e.value.field == key or key in str(e.value)
+        assert fresh.state_dict() == before
+
+
+def test_monitor_passes_lr_warmup_steps_through():
+    """The monitor's optimizer follows the ramp: 4 → 8 after the first
+    step, the lr going 0.1 → 0.2 (the linear rule) over W = 3 steps."""
+    torch = pytest.importorskip("torch")
+    from gdiv.torch import DiversityMonitor
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    pol = gdiv.BatchSizePolicy(min_batch=4, max_batch=8)
+    mon = DiversityMonitor(m, optimizer=opt, policy=pol, lr_warmup_steps=3, seed=0)
+    assert mon.controller.settings["lr_warmup_steps"] == 3
+    recs = []
+    for _ in range(5):
+        b = mon.batch_size
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(torch.randn(b, 3)), torch.randint(0, 2, (b,))).backward()
+        recs.append(mon.step())
+        assert opt.param_groups[0]["lr"] == recs[-1]["lr"]
+        opt.step()
+    assert [r["batch"] for r in recs] == [4, 8, 8, 8, 8]
+    assert [r["lr"] for r in recs] == pytest.approx([0.1, 0.1 * (1 + 1 / 3), 0.1 * (1 + 2 / 3), 0.2, 0.2], rel=1e-12)

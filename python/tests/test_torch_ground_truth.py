@@ -245,3 +245,47 @@ def test_adascale_rule_matches_the_reference_trainer(digits, problem):
     linear = np.array([r["batch"] for r in recs]) / recs[0]["batch"]
     assert np.all(factors >= 1 - 1e-12) and np.all(factors <= linear + 1e-12)
     assert np.any((factors > 1 + 1e-6) & (factors < linear - 1e-6))
+
+
+@pytest.mark.parametrize("rule", ["linear", "adascale"])
+def test_lr_warmup_matches_the_reference_trainer(digits, rule):
+    """lr_warmup_steps: after each batch change the rate ramps over W steps
+    (Go's ControllerSettings.LRWarmupSteps); the monitor and Go's trainer
+    set the same rate at every step, decide the same batches and end at the
+    same weights, and the ramp holds some rates below the rule's."""
+    X, y = digits
+    n, d = X.shape
+    W = 4
+    policy = gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0, lr_rule=rule)
+    res = ref.train(
+        X, y, problem="mlp", l2=0.0, hidden=HIDDEN, lr=0.3, step="mean", batch=8, policy=policy, steps=STEPS,
+        seed=SEED, estimator_beta=0.9, record_indices=True, classes=10, lr_warmup_steps=W,
+    )  # fmt: skip
+    hist = res.history
+    assert len(set(hist["batch"].tolist())) > 3
+    w0 = ref.initial_weights("mlp", d, 10, hidden=HIDDEN, seed=SEED)
+    layout = ref.param_layout("mlp", d, 10, hidden=HIDDEN)
+    model = torch_model("mlp", d, 10)
+    model.load_state_dict({name: torch.as_tensor(v) for name, v in layout.to_torch_state(w0).items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    monitor = DiversityMonitor(
+        model, policy=res.policy, optimizer=opt, batch_size=8, estimator_beta=0.9, dataset_size=n, sampling="replacement",
+        seed=SEED, lr_warmup_steps=W,
+    )  # fmt: skip
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    recs = []
+    for j, idx in enumerate(res.batches):
+        assert monitor.batch_size == len(idx), f"step {j + 1}: monitor decided {monitor.batch_size}, Go used {len(idx)}"
+        ii = torch.as_tensor(idx)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(Xt[ii]), yt[ii]).backward()
+        recs.append(monitor.step())
+        opt.step()
+    close([r["lr"] for r in recs], hist["lr"], "lr")
+    close([r["batch_bound"] for r in recs], hist["batch_bound"], "batch_bound")
+    w = layout.from_torch_state(model.state_dict())
+    assert np.linalg.norm(w - res.weights) <= RTOL * np.linalg.norm(res.weights)
+    if rule == "linear":  # the ramp holds rates below the linear rule's after an increase
+        factors = np.array([r["lr"] for r in recs]) / 0.3
+        linear = np.array([r["batch"] for r in recs]) / recs[0]["batch"]
+        assert np.all(factors <= linear + 1e-12) and np.sum(factors < linear - 1e-6) >= W

@@ -174,6 +174,7 @@ class DiversityMonitor:
         loss_fn: Any = None,
         full_max_bytes: int = 1 << 30,
         attach: bool = True,
+        lr_warmup_steps: int = 0,
     ) -> None:
         if mode not in ("norms", "two_scale", "full"):
             raise ValueError(f"gdiv.keras.DiversityMonitor: mode must be 'norms', 'two_scale' or 'full', got {mode!r}")
@@ -227,6 +228,7 @@ class DiversityMonitor:
             lr_rule=lr_rule,
             seed=seed,
             max_lr_factor=max_lr_factor,
+            lr_warmup_steps=lr_warmup_steps,
             world_size=self.world_size,  # Go rounds the policy: equal shares per replica
             measure_every=measure_every,
             max_measure_every=max_measure_every,

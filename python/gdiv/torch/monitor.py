@@ -109,6 +109,10 @@ class DiversityMonitor:
         max_lr_factor: None, or a cap ≥ 1 on the LR rule's factor: the lr
             never exceeds max_lr_factor × the initial one (Go's
             ``ControllerSettings.MaxLRFactor``).
+        lr_warmup_steps: W: after each batch change of the policy, ramp the
+            lr linearly over W steps from the step before's to the rule's
+            (a lower one applies at once); 0 or 1: none. See
+            :class:`gdiv.Controller`.
         process_group: "auto" (a ``DistributedDataParallel`` model under an
             initialized torch.distributed: its process group), None (this
             process alone) or a process group. Under data parallelism the
@@ -162,6 +166,7 @@ class DiversityMonitor:
         max_measure_every: int = 16,
         process_group: Any = "auto",
         max_lr_factor: Optional[float] = None,
+        lr_warmup_steps: int = 0,
     ) -> None:
         if mode == "full" and measure_every != 1:
             raise ValueError(
@@ -201,6 +206,7 @@ class DiversityMonitor:
             measure_every=measure_every,
             max_measure_every=max_measure_every,
             max_lr_factor=max_lr_factor,
+            lr_warmup_steps=lr_warmup_steps,
             world_size=1 if dp is None else dp.world,  # Go rounds the policy: equal shares per rank
         )
         self._session = Session(controller, who="gdiv.torch", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
