@@ -34,6 +34,7 @@ from .._session import Session
 from ..controller import Controller, EstimatorView
 from ..mechanisms import Langevin, Mechanism
 from ..policy import BatchSizePolicy
+from ._graph import OUT, VEC, full_gradients, halves, measured_gradients
 from .capture import Taps
 
 __all__ = ["DiversityMonitor"]
@@ -42,9 +43,7 @@ _F64 = tf.float64
 _STATE_VERSION = 1
 _COMPAT_KEYS = ("loss_reduction", "sampling", "dataset_size")
 # What leaves the graph each step (vec) and comes back (out).
-_VEC = ("batch", "sum_sq_norms", "sq_norm_of_sum", "scale", "loss", "lr", "sum_sq_local_batches", "measured", "b_small", "sq_norm_small")
-_VEC_NOISE = ("dim", "noise_dot", "noise_sq_norm")  # appended with Langevin noise
-_OUT = ("lr", "set_lr", "batch_bound", "next_batch", "failed", "measure_next", "noise_std", "seed_hi", "seed_lo")
+_VEC, _OUT = VEC, OUT
 
 
 def _reduction_of(model: Any) -> str:
@@ -72,35 +71,6 @@ def _reduction_of(model: Any) -> str:
     if len(found) != 1:
         raise ValueError(f"gdiv.keras.DiversityMonitor: the compiled losses mix reductions {sorted(found)}; use one")
     return found.pop()
-
-
-def _loss_scale(optimizer: Any) -> Any:
-    if optimizer is None:
-        return tf.constant(1.0, _F64)
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):  # the scale its scale_loss used
-        scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
-        return tf.cast(tf.convert_to_tensor(scale), _F64)
-    f = getattr(optimizer, "loss_scale_factor", None)
-    return tf.constant(1.0 if f is None else float(f), _F64)
-
-
-def _halves(seed: int) -> List[int]:
-    """A 64-bit seed as two 32-bit halves (exact in float64 and int64)."""
-    return [seed >> 32, seed & 0xFFFFFFFF]
-
-
-def _sq_norm(g: Any) -> Any:
-    if isinstance(g, tf.IndexedSlices):  # an embedding's rows: sum duplicate rows first
-        uniq, pos = tf.unique(g.indices)
-        g = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(uniq)[0])
-    s = tf.reduce_sum(tf.square(g))
-    return tf.cast(s, _F64)
-
-
-def _dot(a: Any, b: Any) -> Any:
-    if isinstance(a, tf.IndexedSlices):
-        a = tf.convert_to_tensor(a)
-    return tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), _F64)
 
 
 class DiversityMonitor:
@@ -248,7 +218,7 @@ class DiversityMonitor:
         self._measure = tf.Variable(controller.measure_next, trainable=False, dtype=tf.bool, name="gdiv_measure_next")
         self.mechanism = mechanism
         # The Langevin draws' seed of the next step (Go's step seed, as two 32-bit halves), set by the host call.
-        self._seed = tf.Variable(_halves(controller.next_seed), trainable=False, dtype=tf.int64, name="gdiv_step_seed")
+        self._seed = tf.Variable(halves(controller.next_seed), trainable=False, dtype=tf.int64, name="gdiv_step_seed")
         self._error: Optional[BaseException] = None
         self._installed = False
         self.traces = 0  # how many times the monitored step was traced (tf.function retraces)
@@ -388,9 +358,9 @@ class DiversityMonitor:
             scaled = opt.scale_loss(loss) if opt is not None else loss
         if self.mode == "full":
             self._taps.take()
-            grads = self._full_gradients(x, y, sample_weight, loss, batch, model.trainable_variables, opt)
+            grads = full_gradients(self, x, y, sample_weight, loss, batch, model.trainable_variables, opt)
         else:
-            grads = self._measured_gradients(tape, scaled, loss, batch, model.trainable_variables, opt)
+            grads = measured_gradients(self, tape, scaled, loss, batch, model.trainable_variables, opt)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return logs
@@ -430,7 +400,7 @@ class DiversityMonitor:
                 )
             batch = self._batch_of(recs)
         opt = self.optimizer
-        grads = self._measured_gradients(tape, loss, loss, batch, variables, opt)
+        grads = measured_gradients(self, tape, loss, loss, batch, variables, opt)
         if tf.executing_eagerly():
             self.raise_pending()
         return grads
@@ -443,119 +413,7 @@ class DiversityMonitor:
     def _batch_of(recs: Sequence[Any]) -> Any:
         return tf.shape(recs[0].out)[0]
 
-    def _measured_gradients(self, tape: Any, scaled: Any, loss: Any, batch: Any, variables: List[Any], opt: Any) -> List[Any]:
-        recs, outs = self._taps.take()
-        n = len(variables)
-        both = tape.gradient(scaled, list(variables) + outs)
-        grads, douts = both[:n], both[n:]
-        for v, g in zip(variables, grads):
-            if g is None:
-                raise ValueError(
-                    f"gdiv.keras: the variable {v.path!r} got no gradient from the loss; freeze it (trainable=False) so that "
-                    "the monitor measures only what is trained"
-                )
-        measure = tf.convert_to_tensor(self._measure)
-        zero = tf.constant(0.0, _F64)
-        xis = self._draws(variables, grads) if self.mechanism is not None else None
-        if self.mode == "norms":
-            # The per-example work only on measured steps (the cadence); an unmeasured step costs the flag.
-            sum_sq = tf.cond(measure, lambda: tf.reduce_sum(self._taps.per_example(recs, douts, batch)), lambda: zero)
-        else:
-            sum_sq = zero
-        scale = _loss_scale(opt)
-        b = tf.cast(batch, _F64)
-        loss64 = tf.cast(loss, _F64)
-        measured = tf.cast(measure, _F64)
-        ctx = tf.distribute.get_replica_context()
-        if self.world_size > 1 and ctx is not None:
-            # One all-reduce of the gradients (for ‖G‖²; the optimizer reduces them again) and one of the few
-            # scalars; every replica then holds the same global numbers. Keras's mean loss is already divided
-            # by the replica count, so the per-example gradients are those of the global batch's mean.
-            if self._regularization_gradients(variables):
-                raise ValueError("gdiv.keras: weight regularizers under tf.distribute are not supported yet")
-            dense = [tf.convert_to_tensor(g) for g in grads]
-            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense)
-            sq_sum = tf.add_n([_sq_norm(g) for g in reduced])
-            # two_scale: this replica's own gradient, before the all-reduce (with a mean loss it is 1/R of
-            # the local batch's mean gradient)
-            local = tf.add_n([_sq_norm(g) for g in dense]) if self.mode == "two_scale" else zero
-            sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([b, b * b, sum_sq, loss64, local]))
-            r = float(self.world_size)
-            small = sums[4] * (r if self.loss_reduction == "mean" else 1.0 / r)  # mean over replicas of ‖ḡ_r‖² (mean) or ‖g_r‖² (sum)
-            vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], self._lr_of(opt), sums[1], measured, b, small])
-            if xis is not None:
-                vec = tf.concat([vec, self._noise_moments(reduced, xis)], 0)
-            out = ctx.merge_call(self._host_once, args=(vec,))
-        else:
-            sq_sum = tf.add_n([_sq_norm(g) for g in grads])
-            reg = [(grads[i], r) for i, r in self._regularization_gradients(variables)]
-            if reg:
-                # f_i = ℓ_i + R (mean) or ℓ_i + R/B (sum): Σ‖a_i + r‖² from the data part's norms (module doc).
-                dot = tf.add_n([_dot(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
-                rr = tf.add_n([_sq_norm(r) for _, r in reg]) * scale * scale
-                sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
-            vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, self._lr_of(opt), b * b, measured, zero, zero])
-            if xis is not None:
-                vec = tf.concat([vec, self._noise_moments(grads, xis)], 0)
-            out = self._host_call(vec)
-        if xis is not None:
-            # noise_std·ξ on the batch gradient (each replica adds 1/R of it: the optimizer sums the replicas)
-            std = out[6] / float(self.world_size)
-            grads = [tf.convert_to_tensor(g) + tf.cast(std, xi.dtype) * xi for g, xi in zip(grads, xis)]
-        return grads
-
     # -- full mode ---------------------------------------------------------------
-
-    def _example_loss(self) -> Any:
-        if self._loss_fn is not None:
-            return self._loss_fn
-        loss = getattr(self._model, "loss", None)
-        if loss is None or isinstance(loss, (dict, list, tuple)):
-            raise ValueError("gdiv.keras.DiversityMonitor: full mode needs loss_fn=(y_true, y_pred) -> loss, or one compiled loss")
-        return keras.losses.get(loss) if isinstance(loss, str) else loss
-
-    def _full_gradients(self, x: Any, y: Any, sample_weight: Any, loss: Any, batch: Any, variables: List[Any], opt: Any) -> List[Any]:
-        """Full mode: the (B, P) per-example gradients (``tf.vectorized_map``
-        over the examples, each one's loss alone), handed to Go with the
-        step's one host call: the mechanism is applied to them there, in
-        place, and their sum (mean) comes back as the batch gradient."""
-        if sample_weight is not None:
-            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support sample weights")
-        if self._regularization_gradients(variables) or self._model.losses:
-            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support weight regularizers or add_loss terms")
-        if isinstance(opt, keras.optimizers.LossScaleOptimizer):
-            raise ValueError("gdiv.keras.DiversityMonitor: full mode does not support mixed precision (a LossScaleOptimizer)")
-        dim = sum(int(np.prod(v.shape)) for v in variables)
-        loss_fn = self._example_loss()
-        model = self._model
-
-        def one(xy: Any) -> Any:
-            xi, yi = xy
-            with tf.GradientTape() as t:
-                pred = model(tf.nest.map_structure(lambda a: a[None], xi), training=True)
-                li = loss_fn(tf.nest.map_structure(lambda a: a[None], yi), pred)
-            gs = t.gradient(li, variables)
-            return tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(g), _F64), [-1]) for g in gs], 0)
-
-        need = tf.cast(batch, tf.int64) * dim * 8
-        tf.debugging.assert_less_equal(
-            need,
-            tf.constant(self.full_max_bytes, tf.int64),
-            message=f"gdiv.keras: full mode: the batch's per-example gradients exceed full_max_bytes={self.full_max_bytes}",
-        )
-        rows = tf.vectorized_map(one, (x, y), fallback_to_while_loop=True)
-        lr = self._lr_of(opt)
-        vec = tf.stack([tf.cast(batch, _F64), tf.cast(loss, _F64), lr])
-        res = tf.numpy_function(self._host_full, [rows, vec], _F64, stateful=True, name="gdiv_controller_full")
-        res.set_shape([len(_OUT) + dim])
-        out, total = res[: len(_OUT)], res[len(_OUT) :]
-        self._apply_out(out, opt)
-        grads, at = [], 0
-        for v in variables:
-            k = int(np.prod(v.shape))
-            grads.append(tf.cast(tf.reshape(total[at : at + k], v.shape), v.dtype))
-            at += k
-        return grads
 
     def _host_full(self, rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
         """Full mode's host call: the mechanism on the rows (in place, in the
@@ -583,26 +441,6 @@ class DiversityMonitor:
             out[4] = 1.0
             out[5] = 1.0
         return out
-
-    def _draws(self, variables: List[Any], grads: List[Any]) -> List[Any]:
-        """Unit Gaussians ξ, one per variable, from the step's seed (the same on every replica)."""
-        seed = tf.convert_to_tensor(self._seed)
-        return [
-            tf.random.stateless_normal(tf.shape(v), seed=tf.random.experimental.stateless_fold_in(seed, k), dtype=tf.convert_to_tensor(g).dtype)
-            for k, (v, g) in enumerate(zip(variables, grads))
-        ]
-
-    @staticmethod
-    def _noise_moments(grads: List[Any], xis: List[Any]) -> Any:
-        """[d, ⟨G, ξ⟩, ‖ξ‖²] (float64)."""
-        dim = float(sum(int(np.prod(xi.shape)) for xi in xis))
-        dot = tf.add_n([_dot(g, xi) for g, xi in zip(grads, xis)])
-        sq = tf.add_n([_sq_norm(xi) for xi in xis])
-        return tf.stack([tf.constant(dim, _F64), dot, sq])
-
-    @staticmethod
-    def _lr_of(opt: Any) -> Any:
-        return tf.constant(math.nan, _F64) if opt is None else tf.cast(opt.learning_rate, _F64)
 
     def _host_call(self, vec: Any) -> Any:
         """The host call and what it sets in the graph."""
@@ -634,22 +472,11 @@ class DiversityMonitor:
         out[3] = float(d.next_batch or 0)
         out[5] = 1.0 if d.measure_next else 0.0
         out[6] = d.noise_std
-        out[7:9] = _halves(self.controller.next_seed)
+        out[7:9] = halves(self.controller.next_seed)
 
     def _host_once(self, strategy: Any, vec: Any) -> Any:
         """merge_call: the replicas' (equal) vectors, one host call."""
         return self._host_call(strategy.experimental_local_results(vec)[0])
-
-    @staticmethod
-    def _regularization_gradients(variables: List[Any]) -> List[Any]:
-        """(index, r = ∇R) for the variables with a weight regularizer."""
-        regd = [(i, v) for i, v in enumerate(variables) if getattr(v, "regularizer", None) is not None]
-        if not regd:
-            return []
-        with tf.GradientTape() as t2:
-            terms = [v.regularizer(v) for _, v in regd]
-        rs = t2.gradient(terms, [v for _, v in regd])
-        return [(i, r) for (i, _), r in zip(regd, rs) if r is not None]
 
     def _host(self, vec: np.ndarray) -> np.ndarray:
         """The step's one controller call (outside the graph)."""
@@ -713,7 +540,7 @@ class DiversityMonitor:
                 )
         self._session.load_state_dict(state)
         self._measure.assign(self.controller.measure_next)
-        self._seed.assign(_halves(self.controller.next_seed))
+        self._seed.assign(halves(self.controller.next_seed))
 
     def __repr__(self) -> str:
         bb = self.controller.smoothed.batch_bound
