@@ -23,22 +23,30 @@ Methods (mean-reduced cross-entropy, plain SGD, lr η per pair at batch 16):
   adaptive, burn-in 10 the defaults with warmup=10: no decision before the β = 0.9
                        EMA has folded 1/(1 − β) = 10 batches (a candidate default)
   adaptive, max lr 4×  the defaults with max_lr_factor=4: the lr never above 4η
+  adaptive, lr warm-up W
+                       the defaults with lr_warmup_steps=W (W = 5, 20): after each batch change
+                       the lr ramps linearly over W steps from the step before's to the linear
+                       rule's (Goyal et al. 2017's warm-up; a decrease applies at once)
+  adaptive, warm-up 20, max lr 8×
+                       both: lr_warmup_steps=20 and max_lr_factor=8
 
 Columns: steps, final train loss and test accuracy (mean ± sd over seeds),
 mean batch, the largest loss spike (the full training loss, evaluated 30
 times per run, over the running mean of its previous three evaluations;
-1.00 = never rose), and a
+1.00 = never rose; the largest over the seeds), and a
 **simulated wall clock on P = 8 workers**:
 Σ over steps of c(B), c(B) the measured time of one plain step (forward,
 backward, SGD step) at the local batch ⌈B/8⌉ on this machine, interpolated
 in the local batch (no communication cost is modelled; the cost model is
 printed). The verdict for an adaptive method: "wins" if its final train loss
 is within the factor 1 + δ/2 of batch 16's (Theorem 3), its test accuracy
-within one point, with ≥ 4× fewer steps; "ties" if only the steps criterion
-fails; else "loses" (which criterion is named).
+within one point, no spike above 2× in any seed, with ≥ 4× fewer steps;
+"ties" if only the steps criterion fails; else "loses" (which criterion is
+named).
 
     python bench/validate_policy.py             # 3 seeds, ~10 minutes on 2 cores
     python bench/validate_policy.py --quick     # 1 seed, fewer passes, 3 pairs (a minute)
+    python bench/validate_policy.py --pairs CNN --methods "fixed 16" warm-up   # a subset
 
 Writes bench/out/validate_policy.png and .json. Nothing is asserted here.
 """
@@ -161,6 +169,9 @@ METHODS: Dict[str, Dict[str, Any]] = {
     "adaptive+Langevin": dict(policy={}, mechanism=0.05),
     "adaptive, burn-in 10": dict(policy={"warmup": 10}),
     "adaptive, max lr 4×": dict(policy={}, max_lr_factor=4.0),
+    "adaptive, lr warm-up 5": dict(policy={}, lr_warmup_steps=5),
+    "adaptive, lr warm-up 20": dict(policy={}, lr_warmup_steps=20),
+    "adaptive, warm-up 20, max lr 8×": dict(policy={}, lr_warmup_steps=20, max_lr_factor=8.0),
 }
 
 
@@ -187,7 +198,14 @@ def train_run(pair: Dict[str, Any], method: Dict[str, Any], seed: int, passes: f
         policy = gdiv.BatchSizePolicy(min_batch=16, max_batch=min(1024, n), **method["policy"])
         mech = gdiv.Langevin(method["mechanism"]) if method.get("mechanism") else None
         mon = gdiv.torch.DiversityMonitor(
-            model, optimizer=opt, policy=policy, mechanism=mech, dataset_size=n, seed=seed, max_lr_factor=method.get("max_lr_factor")
+            model,
+            optimizer=opt,
+            policy=policy,
+            mechanism=mech,
+            dataset_size=n,
+            seed=seed,
+            max_lr_factor=method.get("max_lr_factor"),
+            lr_warmup_steps=method.get("lr_warmup_steps", 0),
         )
         sampler = gdiv.torch.AdaptiveBatchSampler(n, mon, replacement=False, seed=seed)
     else:
@@ -270,12 +288,13 @@ def step_cost(cm: Dict[int, float], batch: int) -> float:
 def verdict(row: Dict[str, Any], small: Dict[str, Any], delta: float = 1.0) -> str:
     loss_ok = row["train_loss"] <= (1 + delta / 2) * small["train_loss"]
     acc_ok = row["test_acc"] >= small["test_acc"] - 0.01
+    spike_ok = row["spike"] <= 2.0
     steps_ok = row["steps"] * 4 <= small["steps"]
-    if loss_ok and acc_ok and steps_ok:
+    if loss_ok and acc_ok and spike_ok and steps_ok:
         return "wins"
-    if loss_ok and acc_ok:
+    if loss_ok and acc_ok and spike_ok:
         return "ties (steps < 4× fewer)"
-    why = [w for w, ok in (("train loss", loss_ok), ("test acc", acc_ok)) if not ok]
+    why = [w for w, ok in (("train loss", loss_ok), ("test acc", acc_ok), ("spike > 2×", spike_ok)) if not ok]
     return "loses (" + ", ".join(why) + ")"
 
 
@@ -299,14 +318,14 @@ def summarize(runs: List[Dict[str, Any]], cm: Dict[int, float]) -> Dict[str, Any
 
 def print_pair(name: str, rows: Dict[str, Dict[str, Any]], cm: Dict[int, float]) -> None:
     print(f"\n{name}   (cost model, one step at local batch 2/8/32/128: " + " / ".join(f"{1e3 * cm[b]:.2f}" for b in sorted(cm)) + " ms)")
-    head = f"{'method':<20} {'steps':>6} {'train loss':>16} {'test acc':>14} {'mean B':>7} {'spike':>6} {'sim P=8 s':>9}  verdict"
+    head = f"{'method':<31} {'steps':>6} {'train loss':>16} {'test acc':>14} {'mean B':>7} {'spike':>6} {'sim P=8 s':>9}  verdict"
     print(head)
     print("-" * (len(head) + 12))
     small = rows["fixed 16"]
     for m, r in rows.items():
         v = verdict(r, small) if m.startswith("adaptive") else ""
         print(
-            f"{m:<20} {r['steps']:>6.0f} {r['train_loss']:>9.4f}±{r['train_loss_sd']:.4f} {r['test_acc']:>7.3f}±{r['test_acc_sd']:.3f} "
+            f"{m:<31} {r['steps']:>6.0f} {r['train_loss']:>9.4f}±{r['train_loss_sd']:.4f} {r['test_acc']:>7.3f}±{r['test_acc_sd']:.3f} "
             f"{r['mean_batch']:>7.0f} {r['spike']:>6.2f} {r['sim_s']:>9.3f}  {v}"
         )
 
@@ -339,6 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="one pair, 2 passes (the test suite)")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--pairs", nargs="+", default=None, help="substrings of the pair names")
+    ap.add_argument("--methods", nargs="+", default=None, help="substrings of the method names (fixed 16, the reference, always runs)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -350,6 +370,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         pairs = {k: dict(v, passes=2) for k, v in pairs.items() if k.startswith("logistic")}
     if args.pairs:
         pairs = {k: v for k, v in pairs.items() if any(s.lower() in k.lower() for s in args.pairs)}
+    methods = dict(METHODS)
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k == "fixed 16" or any(s.lower() in k.lower() for s in args.methods)}
     results: Dict[str, Any] = {}
     curves: Dict[str, Dict[str, List]] = {}
     t0 = time.perf_counter()
@@ -358,7 +381,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{name}: {passes:g} passes, {seeds} seed(s)", file=sys.stderr)
         cm = cost_model(pair)
         rows, curves[name] = {}, {}
-        for m, method in METHODS.items():
+        for m, method in methods.items():
             runs = [train_run(pair, method, s, passes, f"{m} s{s}") for s in range(seeds)]
             rows[m] = summarize(runs, cm)
             curves[name][m] = runs[0]["curve"]

@@ -39,10 +39,13 @@ def test_validate_policy_smoke(tmp_path):
         "adaptive+Langevin",
         "adaptive, burn-in 10",
         "adaptive, max lr 4×",
+        "adaptive, lr warm-up 5",
+        "adaptive, lr warm-up 20",
+        "adaptive, warm-up 20, max lr 8×",
     }
     for r in rows.values():
         assert r["steps"] > 0 and math.isfinite(r["sim_s"]) and r["sim_s"] > 0
     assert rows["fixed 16"]["mean_batch"] == 16
     verdicts = [line for line in proc.stdout.splitlines() if line.startswith("adaptive")]
-    assert len(verdicts) == 5 and all(any(v in line for v in ("wins", "ties", "loses")) for line in verdicts)
+    assert len(verdicts) == 8 and all(any(v in line for v in ("wins", "ties", "loses")) for line in verdicts)
     assert (tmp_path / "validate_policy.png").stat().st_size > 10_000
