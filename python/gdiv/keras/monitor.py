@@ -103,6 +103,9 @@ class DiversityMonitor:
         writer: any object with ``add_scalar(tag, value, step)``.
         seed: base seed of the controller (kept in :meth:`state_dict`).
         max_lr_factor: None, or a cap ≥ 1 on the LR rule's factor.
+        lr_warmup_steps: W ≥ 0: after a batch increase the LR factor ramps
+            linearly from the previous one to the rule's over W steps (Go's
+            ``ControllerSettings.LRWarmupSteps``; 0: off, the default).
         mechanism: None or ``gdiv.Langevin`` (norms mode): noise added once
             to the batch gradient, drawn in the graph from Go's step seeds;
             its effect on M² is Go's analytic correction.
