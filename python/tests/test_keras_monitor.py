@@ -372,8 +372,10 @@ def test_nan_loss_is_skipped_or_raised():
     assert mon.history[-1]["skipped"] == "non-finite"
     model = compiled()
     mon = gk.DiversityMonitor(model, on_nonfinite="raise")
+    before = list(warnings.filters)
     with pytest.raises(gdiv.NonFiniteError, match="non-finite"):
         model.fit(x, np.zeros(4), batch_size=4, verbose=0, callbacks=[gk.DiversityCallback(mon)])
+    assert warnings.filters == before  # the callback's filter is gone with the error
 
 
 def test_lr_schedule_with_an_lr_rule_is_refused():

@@ -74,9 +74,10 @@ class DiversityCallback(keras.callbacks.Callback):
         self._seen = len(self.monitor.history)
         # Adaptive batches change the number of batches per pass: Keras then says "Your input ran out of data;
         # interrupting training" at each pass's end, though it only ends the epoch there. Silenced during fit.
-        self._filters = warnings.catch_warnings()
-        self._filters.__enter__()
+        # One filter entry, removed again at the end (or before an error of the step is raised): no global
+        # warnings state is swapped, so an exception elsewhere in fit leaves at most this entry behind.
         warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        self._filters = warnings.filters[0]
 
     def _add_logs(self, logs: Optional[Dict[str, Any]]) -> None:
         hist = self.monitor.history
@@ -87,7 +88,17 @@ class DiversityCallback(keras.callbacks.Callback):
             v = rec[k]
             logs[f"gdiv_{k}"] = math.nan if v is None else float(v)
 
+    def _unfilter(self) -> None:
+        if self._filters is not None:
+            try:
+                warnings.filters.remove(self._filters)  # type: ignore[attr-defined]
+            except ValueError:  # already gone (the user reset the filters)
+                pass
+            self._filters = None
+
     def on_train_batch_end(self, batch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+        if self.monitor._error is not None:
+            self._unfilter()
         self.monitor.raise_pending()
         self._add_logs(logs)
         hist = self.monitor.history
@@ -111,9 +122,7 @@ class DiversityCallback(keras.callbacks.Callback):
             self._writer.flush()
 
     def on_train_end(self, logs: Optional[Dict[str, Any]] = None) -> None:
-        if self._filters is not None:
-            self._filters.__exit__(None, None, None)
-            self._filters = None
+        self._unfilter()
         self.monitor.raise_pending()
         if self.plot_path is not None and self.monitor.history:
             from .. import plot
