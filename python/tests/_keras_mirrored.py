@@ -30,10 +30,11 @@ y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype("int64") + (X[:, 3] > 1).astype("in
 w0 = None
 
 
-def build():
+def build(l2=0.0):
     global w0
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    reg = keras.regularizers.L2(l2) if l2 else None
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh", kernel_regularizer=reg), keras.layers.Dense(3)])
     if w0 is None:
         w0 = model.get_weights()
     model.set_weights(w0)
@@ -50,11 +51,11 @@ SIZES = [8, 8, 16, 12, 24, 30, 64, 40, 2, 128, 96, 18] * 3  # even: equal shares
 ORDER = np.random.default_rng(4).integers(0, len(X), sum(SIZES))
 
 
-def run(strategy, adaptive=False):
+def run(strategy, adaptive=False, l2=0.0):
     """The same global batches (fixed SIZES) in both runs, or (adaptive)
-    AdaptiveBatches following the monitor."""
+    AdaptiveBatches following the monitor; l2: an L2 kernel regularizer."""
     with strategy.scope():
-        model, mon = build()
+        model, mon = build(l2)
     if adaptive:
         ds = gk.AdaptiveBatches(X, y, mon, seed=3).dataset()
         epochs = 3
@@ -114,6 +115,7 @@ def two_scale(strategy):
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 out = {"mirrored": run(mirrored), "single": run(tf.distribute.get_strategy())}
+out.update(mirrored_l2=run(mirrored, l2=2.0**-6), single_l2=run(tf.distribute.get_strategy(), l2=2.0**-6))
 if reduction == "mean":  # the rest once
     out.update(adaptive=run(mirrored, adaptive=True), two_scale=two_scale(mirrored))
 print(json.dumps(out))

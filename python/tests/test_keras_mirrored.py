@@ -25,15 +25,16 @@ def test_two_replicas_equal_one_with_the_whole_batch(reduction):
     out = subprocess.run([sys.executable, str(HERE / "_keras_mirrored.py"), reduction], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    m, s = res["mirrored"], res["single"]
-    assert m["world"] == 2 and s["world"] == 1 and m["policy_multiple"] == 2
-    assert len(m["records"]) == len(s["records"]) == 36
-    for key in ("batch", "next_batch"):  # the same decisions
-        assert [r[key] for r in m["records"]] == [r[key] for r in s["records"]], key
-    for key in ("sum_sq_norms", "sq_norm_of_sum", "batch_bound", "lr", "loss"):
-        np.testing.assert_allclose([r[key] for r in m["records"]], [r[key] for r in s["records"]], rtol=1e-10, err_msg=key)
-    for wm, ws in zip(m["weights"], s["weights"]):
-        np.testing.assert_allclose(wm, ws, rtol=1e-10, atol=1e-12)
+    for pair in (("mirrored", "single"), ("mirrored_l2", "single_l2")):  # without and with an L2 regularizer
+        m, s = res[pair[0]], res[pair[1]]
+        assert m["world"] == 2 and s["world"] == 1 and m["policy_multiple"] == 2
+        assert len(m["records"]) == len(s["records"]) == 36
+        for key in ("batch", "next_batch"):  # the same decisions
+            assert [r[key] for r in m["records"]] == [r[key] for r in s["records"]], (pair, key)
+        for key in ("sum_sq_norms", "sq_norm_of_sum", "batch_bound", "lr", "loss"):
+            np.testing.assert_allclose([r[key] for r in m["records"]], [r[key] for r in s["records"]], rtol=1e-10, err_msg=f"{pair} {key}")
+        for wm, ws in zip(m["weights"], s["weights"]):
+            np.testing.assert_allclose(wm, ws, rtol=1e-10, atol=1e-12)
     if reduction == "sum":
         return
     # AdaptiveBatches under the strategy: global batches of multiples of 2, each a decision of one of the

@@ -80,8 +80,6 @@ def measured_gradients(mon: Any, tape: Any, scaled: Any, loss: Any, batch: Any, 
         # One all-reduce of the gradients (for ‖G‖²; the optimizer reduces them again) and one of the few
         # scalars; every replica then holds the same global numbers. Keras's mean loss is already divided
         # by the replica count, so the per-example gradients are those of the global batch's mean.
-        if regularization_gradients(variables):
-            raise ValueError("gdiv.keras: weight regularizers under tf.distribute are not supported yet")
         dense = [tf.convert_to_tensor(g) for g in grads]
         reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense)
         sq_sum = tf.add_n([sq_norm(g) for g in reduced])
@@ -91,7 +89,13 @@ def measured_gradients(mon: Any, tape: Any, scaled: Any, loss: Any, batch: Any, 
         sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([b, b * b, sum_sq, loss64, local]))
         r = float(mon.world_size)
         small = sums[4] * (r if mon.loss_reduction == "mean" else 1.0 / r)  # mean over replicas of ‖ḡ_r‖² (mean) or ‖g_r‖² (sum)
-        vec = tf.stack([sums[0], sums[2], sq_sum, scale, sums[3], lr_of(opt), sums[1], measured, b, small])
+        global_sq = sums[2]
+        reg = [(reduced[i], r) for i, r in regularization_gradients(variables)]
+        if reg:
+            # Keras divides the regularization loss by the replica count too: the reduced gradient holds ∇R
+            # once, and R's gradient (the same on every replica) enters as on one replica, with the global B.
+            global_sq = global_sq + _regularization_term(reg, scale, sums[0])
+        vec = tf.stack([sums[0], global_sq, sq_sum, scale, sums[3], lr_of(opt), sums[1], measured, b, small])
         if xis is not None:
             vec = tf.concat([vec, noise_moments(reduced, xis)], 0)
         out = ctx.merge_call(mon._host_once, args=(vec,))
@@ -99,10 +103,7 @@ def measured_gradients(mon: Any, tape: Any, scaled: Any, loss: Any, batch: Any, 
         sq_sum = tf.add_n([sq_norm(g) for g in grads])
         reg = [(grads[i], r) for i, r in regularization_gradients(variables)]
         if reg:
-            # f_i = ℓ_i + R (mean) or ℓ_i + R/B (sum): Σ‖a_i + r‖² from the data part's norms (module doc).
-            dot = tf.add_n([dot64(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩ with G the whole gradient
-            rr = tf.add_n([sq_norm(r) for _, r in reg]) * scale * scale
-            sum_sq = sum_sq + (2.0 * (dot - rr) + rr) / b
+            sum_sq = sum_sq + _regularization_term(reg, scale, b)
         vec = tf.stack([b, sum_sq, sq_sum, scale, loss64, lr_of(opt), b * b, measured, zero, zero])
         if xis is not None:
             vec = tf.concat([vec, noise_moments(grads, xis)], 0)
@@ -112,6 +113,15 @@ def measured_gradients(mon: Any, tape: Any, scaled: Any, loss: Any, batch: Any, 
         std = out[6] / float(mon.world_size)
         grads = [tf.convert_to_tensor(g) + tf.cast(std, xi.dtype) * xi for g, xi in zip(grads, xis)]
     return grads
+
+
+def _regularization_term(reg: List[Any], scale: Any, b: Any) -> Any:
+    """What a weight regularizer adds to Σ‖g_i‖²: f_i = ℓ_i + R (mean loss) or
+    ℓ_i + R/B (sum loss), so Σ‖a_i + r‖² = Σ‖a_i‖² + (2⟨G − r, r⟩ + ‖r‖²)/B in
+    the measured units (G the whole batch gradient, r = ∇R, both loss-scaled)."""
+    dot = tf.add_n([dot64(g, r) for g, r in reg]) * scale  # ⟨G, r_s⟩
+    rr = tf.add_n([sq_norm(r) for _, r in reg]) * scale * scale
+    return (2.0 * (dot - rr) + rr) / b
 
 
 def example_loss(mon: Any) -> Any:

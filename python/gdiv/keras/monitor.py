@@ -120,8 +120,8 @@ class DiversityMonitor:
         attach: install the taps and the ``train_step`` now.
 
     Not supported yet (refused): full mode under a strategy or with weight
-    regularizers, strategies other than MirroredStrategy, weight
-    regularizers under a strategy, learning-rate schedules with an LR rule.
+    regularizers, strategies other than MirroredStrategy, learning-rate
+    schedules with an LR rule.
     """
 
     def __init__(
