@@ -15,11 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .controller import Controller, Decision
+from .controller import Controller, Decision, EstimatorView
 from .errors import NonFiniteError, ParamError
 from .policy import LR_RULES, BatchSizePolicy
 
-__all__ = ["RECORD_FIELDS", "Session", "make_record"]
+__all__ = ["RECORD_FIELDS", "Session", "SessionMonitor", "make_record"]
 
 RECORD_FIELDS: Tuple[str, ...] = (
     "step",
@@ -207,3 +207,91 @@ class Session:
         self.lr_batch = None if lr_batch is None else int(lr_batch)
         self.force_lr = base_lrs is not None
         self.history = [dict(r) for r in history]
+
+
+class SessionMonitor:
+    """The read-only face every framework's monitor shows (a mixin over its
+    ``_session``): the controller, the history and the decisions, and the
+    checkpoint's compatibility check."""
+
+    _session: Session
+
+    @property
+    def controller(self) -> Controller:
+        """The :class:`gdiv.Controller` that decides (one Go call per step)."""
+        return self._session.controller
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The records of the measured steps (dicts with :data:`RECORD_FIELDS`)."""
+        return self._session.history
+
+    @property
+    def on_nonfinite(self) -> str:
+        return self._session.on_nonfinite
+
+    @property
+    def writer(self) -> Any:
+        return self._session.writer
+
+    @property
+    def lr_rule(self) -> str:
+        """The LR rule the controller applies ("none" with a sum loss)."""
+        return self._session.lr_rule
+
+    @property
+    def policy(self) -> Optional[BatchSizePolicy]:
+        """The adjusted policy the controller applies (None without one)."""
+        return self.controller.policy
+
+    @property
+    def estimator(self) -> EstimatorView:
+        """A read-only view of the controller's estimator (steps, smoothed, state_dict())."""
+        return self.controller.estimator
+
+    @property
+    def seed(self) -> int:
+        """The base seed of the mechanism's per-step draws."""
+        return self.controller.seed
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The batch size to use next: the policy's latest decision (the
+        initial batch before the first step); without a policy, the initial
+        ``batch_size`` or the last step's batch."""
+        return self.controller.batch_size
+
+    @property
+    def steps(self) -> int:
+        """The number of steps so far (skipped and unmeasured ones included)."""
+        return self.controller.steps
+
+    @property
+    def examples(self) -> int:
+        """Per-example gradients so far: the sum of the batches of all steps."""
+        return self.controller.examples
+
+    @property
+    def lr_factor(self) -> float:
+        """The LR rule's factor ``scale_lr(1, B₀, B)`` for the batch B of the
+        latest step (B₀ = the first step's batch; 1.0 before the first step
+        and for a sum-reduced loss). For loops that set the lr themselves
+        (an LR scheduler): give the monitor no optimizer — it then leaves the
+        learning rate alone — and multiply your schedule by this factor."""
+        return self.controller.lr_factor
+
+    def _check_state(self, state: Any, version: int, compat: Sequence[str]) -> None:
+        """A checkpoint of this monitor's kind: a dict of the right version
+        whose settings in ``compat`` equal this monitor's."""
+        who = f"{self._session.who}.DiversityMonitor.load_state_dict"
+        if not isinstance(state, dict):
+            raise ParamError(f"{who}: want a dict, got {type(state).__name__}")
+        if state.get("version") != version:
+            raise ValueError(f"{who}: state version {state.get('version')!r}, want {version}")
+        for key in compat:
+            if key not in state:
+                raise ParamError(f"{who}: the state has no {key!r}")
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"{who}: the state has {key}={state[key]!r} but this monitor {key}={getattr(self, key)!r}; build the monitor with the same settings"
+                )

@@ -30,8 +30,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .._session import Session
-from ..controller import Controller, EstimatorView
+from .._session import Session, SessionMonitor
+from .._stats import stats
+from ..controller import Controller
+from ..errors import NonFiniteError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import BatchSizePolicy
 from ._graph import OUT, VEC, full_gradients, halves, measured_gradients
@@ -73,7 +75,7 @@ def _reduction_of(model: Any) -> str:
     return found.pop()
 
 
-class DiversityMonitor:
+class DiversityMonitor(SessionMonitor):
     """Measure the gradient diversity of a Keras model's training and adapt
     the batch size (and learning rate) to it.
 
@@ -286,45 +288,7 @@ class DiversityMonitor:
             self._model.train_function = None
             self._installed = False
 
-    # -- decisions (as gdiv.torch.DiversityMonitor) ------------------------------
-
-    @property
-    def controller(self) -> Controller:
-        return self._session.controller
-
-    @property
-    def history(self) -> List[Dict[str, Any]]:
-        """The step records (dicts with ``gdiv.RECORD_FIELDS``)."""
-        return self._session.history
-
-    @property
-    def policy(self) -> Optional[BatchSizePolicy]:
-        return self.controller.policy
-
-    @property
-    def estimator(self) -> EstimatorView:
-        return self.controller.estimator
-
-    @property
-    def lr_rule(self) -> str:
-        return self._session.lr_rule
-
-    @property
-    def batch_size(self) -> Optional[int]:
-        """The batch size to use next (the latest decision)."""
-        return self.controller.batch_size
-
-    @property
-    def steps(self) -> int:
-        return self.controller.steps
-
-    @property
-    def examples(self) -> int:
-        return self.controller.examples
-
-    @property
-    def lr_factor(self) -> float:
-        return self.controller.lr_factor
+    # -- decisions: controller, history, batch_size, steps, ... (gdiv._session.SessionMonitor) --
 
     def raise_pending(self) -> None:
         """Raise the error the last step's host call caught (a
@@ -421,9 +385,6 @@ class DiversityMonitor:
     def _host_full(self, rows: np.ndarray, vec: np.ndarray) -> np.ndarray:
         """Full mode's host call: the mechanism on the rows (in place, in the
         buffer TensorFlow handed over), Go's sums, one controller call."""
-        from .._stats import stats
-        from ..errors import NonFiniteError, SumOverflowError
-
         b = int(vec[0])
         out = np.zeros(len(_OUT) + rows.shape[1])
         try:
@@ -531,16 +492,7 @@ class DiversityMonitor:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (validated first; a failed
         load changes nothing)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"gdiv.keras.DiversityMonitor.load_state_dict: want a dict, got {type(state).__name__}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"gdiv.keras.DiversityMonitor.load_state_dict: state version {state.get('version')!r}, want {_STATE_VERSION}")
-        for key in _COMPAT_KEYS:
-            if state.get(key, object()) != getattr(self, key):
-                raise ValueError(
-                    f"gdiv.keras.DiversityMonitor.load_state_dict: the state has {key}={state.get(key)!r} but this monitor "
-                    f"{key}={getattr(self, key)!r}; build the monitor with the same settings"
-                )
+        self._check_state(state, _STATE_VERSION, _COMPAT_KEYS)
         self._session.load_state_dict(state)
         self._measure.assign(self.controller.measure_next)
         self._seed.assign(halves(self.controller.next_seed))

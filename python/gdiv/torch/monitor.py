@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._session import RECORD_FIELDS, Session
-from ..controller import Controller, EstimatorView
-from ..errors import NonFiniteError, ParamError, SumOverflowError
+from .._session import RECORD_FIELDS, Session, SessionMonitor
+from ..controller import Controller
+from ..errors import NonFiniteError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import BatchSizePolicy
 from ._dist import DataParallel, resolve
@@ -41,7 +41,7 @@ _F64 = torch.float64
 _COMPAT_KEYS = ("mode", "loss_reduction", "sampling", "dataset_size")
 
 
-class DiversityMonitor:
+class DiversityMonitor(SessionMonitor):
     """Measure the gradient diversity of a PyTorch training loop and adapt the
     batch size (and learning rate) to it.
 
@@ -216,7 +216,6 @@ class DiversityMonitor:
         self.mode = mode
         self.mechanism = mechanism
         self.optimizer = optimizer
-        self.lr_rule = lr_rule
         self.dataset_size = None if dataset_size is None else int(dataset_size)
         self.sampling = sampling
         self.grad_scaler = grad_scaler
@@ -280,65 +279,6 @@ class DiversityMonitor:
         )
 
     # --------------------------------------------------------- decisions ---
-
-    @property
-    def controller(self) -> Controller:
-        """The :class:`gdiv.Controller` that decides (one Go call per step)."""
-        return self._session.controller
-
-    @property
-    def history(self) -> List[Dict[str, Any]]:
-        """The records of the measured steps (dicts with :data:`RECORD_FIELDS`)."""
-        return self._session.history
-
-    @property
-    def on_nonfinite(self) -> str:
-        return self._session.on_nonfinite
-
-    @property
-    def writer(self) -> Any:
-        return self._session.writer
-
-    @property
-    def policy(self) -> Optional[BatchSizePolicy]:
-        """The adjusted policy the controller applies (None without one)."""
-        return self.controller.policy
-
-    @property
-    def estimator(self) -> EstimatorView:
-        """A read-only view of the controller's estimator (steps, smoothed, state_dict())."""
-        return self.controller.estimator
-
-    @property
-    def seed(self) -> int:
-        """The base seed of the mechanism's per-step draws."""
-        return self.controller.seed
-
-    @property
-    def batch_size(self) -> Optional[int]:
-        """The batch size to use next: the policy's latest decision (the
-        initial batch before the first step); without a policy, the initial
-        ``batch_size`` or the last step's batch."""
-        return self.controller.batch_size
-
-    @property
-    def steps(self) -> int:
-        """The number of ``step()`` calls so far (skipped ones included)."""
-        return self.controller.steps
-
-    @property
-    def examples(self) -> int:
-        """Per-example gradients so far: the sum of the batches of all steps."""
-        return self.controller.examples
-
-    @property
-    def lr_factor(self) -> float:
-        """The LR rule's factor ``scale_lr(1, B₀, B)`` for the batch B of the
-        latest step (B₀ = the first step's batch; 1.0 before the first step
-        and for a sum-reduced loss). For loops that set the lr themselves
-        (an LR scheduler): pass no ``optimizer`` — the monitor then leaves
-        ``param_groups`` alone — and multiply your schedule by this factor."""
-        return self.controller.lr_factor
 
     # -------------------------------------------------------- full mode ---
 
@@ -616,20 +556,8 @@ class DiversityMonitor:
                 data set size or version differ).
             gdiv.ParamError: a missing, mistyped or inconsistent field (named).
         """
-        if not isinstance(state, dict):
-            raise ParamError(f"DiversityMonitor.load_state_dict: want a dict, got {type(state).__name__}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"DiversityMonitor.load_state_dict: state version {state.get('version')!r}, want {_STATE_VERSION}")
-        for key in _COMPAT_KEYS:
-            if key not in state:
-                raise ParamError(f"DiversityMonitor.load_state_dict: the state has no {key!r}")
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"DiversityMonitor.load_state_dict: the state has {key}={state[key]!r} but this monitor "
-                    f"{key}={getattr(self, key)!r}; build the monitor with the same settings"
-                )
+        self._check_state(state, _STATE_VERSION, _COMPAT_KEYS)
         self._session.load_state_dict(state, world_size=1 if self._dp is None else self._dp.world)
-        self.lr_rule = self._session.lr_rule
         self._pending = None
         for hooks in (self._norms, self._local):
             if hooks is not None:
