@@ -95,3 +95,16 @@ def table(results: Dict[str, List[Run]]) -> str:
             f"{np.mean([x.examples / x.steps for x in runs]):>10.1f} {np.mean([x.seconds for x in runs]):>6.2f}"
         )
     return "\n".join(rows)
+
+
+def report(results: Dict[str, List[Run]], note: str, png: Path, title: str) -> Path:
+    """Print the table and the note, write the history PNG (the first seed's
+    runs) and say where; returns the PNG's path."""
+    import gdiv.plot
+
+    print()
+    print(table(results))
+    print("\n" + note)
+    path = gdiv.plot.history({name: runs[0].history for name, runs in results.items()}, png, title=title)
+    print(f"wrote {path}")
+    return path

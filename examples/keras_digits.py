@@ -46,7 +46,7 @@ import gdiv.keras  # noqa: E402
 import gdiv.plot  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Progress, Run, load_digits, table  # noqa: E402
+from _common import Progress, Run, load_digits, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,19 +168,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, kw in methods.items():
             label = name if seeds == 1 else f"{name} s{seed}"
             results[name].append(train(label, train_xy, test_xy, budget=budget, hidden=hidden, seed=seed, **kw))
-    print()
-    print(table(results))
-    print(
-        f"\nlr η = {lr} at batch 16. adaptive: B = δ·B̂_S + 1 (δ = {policy.delta:g}) in [{policy.min_batch}, {policy.max_batch}], "
+    note = (
+        f"lr η = {lr} at batch 16. adaptive: B = δ·B̂_S + 1 (δ = {policy.delta:g}) in [{policy.min_batch}, {policy.max_batch}], "
         f"without replacement, EMA β = 0.9, lr rule {policy.lr_rule}; Langevin: gdiv.Langevin(std=0.05) in norms mode; "
         f"model.fit with gdiv.keras. Total {time.perf_counter() - t0:.1f} s."
     )
-    png = gdiv.plot.history(
-        {name: runs[0].history for name, runs in results.items()},
-        Path(args.out) / "keras_digits.png",
-        title=f"Keras MLP on digits, {epochs:g} passes per run (seed 0)",
-    )
-    print(f"wrote {png}")
+    report(results, note, Path(args.out) / "keras_digits.png", f"Keras MLP on digits, {epochs:g} passes per run (seed 0)")
     return 0
 
 

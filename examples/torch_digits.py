@@ -44,7 +44,7 @@ import gdiv.plot
 import gdiv.torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Progress, Run, load_digits, table  # noqa: E402
+from _common import Progress, Run, load_digits, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,21 +200,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, kw in methods.items():
             label = name if seeds == 1 else f"{name} s{seed}"
             results[name].append(train(label, train_set, test, budget=budget, hidden=hidden, seed=seed, **kw))
-    print()
-    print(table(results))
-    print(
-        f"\nlr η = {lr} at batch 16. adaptive: B = δ·B̂_S + 1 (δ = {policy.delta:g}) in "
+    note = (
+        f"lr η = {lr} at batch 16. adaptive: B = δ·B̂_S + 1 (δ = {policy.delta:g}) in "
         f"[{policy.min_batch}, {policy.max_batch}], without replacement (estimator with the finite-population "
         f"correction), EMA β = 0.9, lr rule {policy.lr_rule}; Langevin: gdiv.Langevin(std={langevin.std:g}) "
         f"in norms mode. Total {time.perf_counter() - t0:.1f} s."
     )
-    out = Path(args.out)
-    png = gdiv.plot.history(
-        {name: runs[0].history for name, runs in results.items()},
-        out / "torch_digits.png",
-        title=f"MLP on digits, {epochs:g} passes per run (seed 0)",
-    )
-    print(f"wrote {png}")
+    report(results, note, Path(args.out) / "torch_digits.png", f"MLP on digits, {epochs:g} passes per run (seed 0)")
     return 0
 
 

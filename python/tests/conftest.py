@@ -34,6 +34,18 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20180409)
 
 
+def digits_standardized(n: int):
+    """The first n rows of testdata/digits.csv, standardized (constant pixels
+    left at 0): the data of the ground-truth tests. Returns (X, y)."""
+    from pathlib import Path
+
+    raw = np.loadtxt(Path(__file__).resolve().parents[2] / "testdata" / "digits.csv", delimiter=",", skiprows=1)
+    X, y = raw[:n, :64], raw[:n, 64].astype(np.int64)
+    sd = X.std(0)
+    sd[sd == 0] = 1.0
+    return np.ascontiguousarray((X - X.mean(0)) / sd), y
+
+
 # ---------------------------------------------------------------- oracle ---
 
 

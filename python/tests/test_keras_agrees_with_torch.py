@@ -22,6 +22,7 @@ pytest.importorskip("torch")  # in the subprocess
 
 import gdiv  # noqa: E402
 import gdiv.keras as gk  # noqa: E402
+from conftest import digits_standardized  # noqa: E402
 from gdiv import reference as ref  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -29,11 +30,7 @@ HIDDEN, SEED, STEPS = 12, 5, 30
 
 
 def test_keras_and_torch_monitors_agree_on_the_same_run():
-    raw = np.loadtxt(HERE.parents[1] / "testdata" / "digits.csv", delimiter=",", skiprows=1)
-    X, y = raw[:240, :64], raw[:240, 64].astype(np.int64)
-    sd = X.std(0)
-    sd[sd == 0] = 1.0
-    X = (X - X.mean(0)) / sd
+    X, y = digits_standardized(240)
     policy = gdiv.BatchSizePolicy(max_batch=96, max_growth=2.0)
     res = ref.train(
         X,

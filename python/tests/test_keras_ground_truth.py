@@ -21,8 +21,6 @@ diversity, lr within 1e-9 relative (+Inf equal); batch sizes exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -31,9 +29,9 @@ keras = pytest.importorskip("keras")
 
 import gdiv  # noqa: E402
 import gdiv.keras as gk  # noqa: E402
+from conftest import digits_standardized  # noqa: E402
 from gdiv import reference as ref  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-9
 HIDDEN = 12
 STEPS = 40
@@ -53,11 +51,7 @@ def float64():
 
 @pytest.fixture(scope="module")
 def digits():
-    raw = np.loadtxt(ROOT / "testdata" / "digits.csv", delimiter=",", skiprows=1)
-    X, y = raw[:300, :64], raw[:300, 64].astype(np.int64)
-    sd = X.std(0)
-    sd[sd == 0] = 1.0
-    return np.ascontiguousarray((X - X.mean(0)) / sd), y
+    return digits_standardized(300)
 
 
 def keras_model(problem, d, k, w0, l2):

@@ -30,8 +30,6 @@ equal); batch sizes and no_signal exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -40,12 +38,12 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import gdiv  # noqa: E402
+from conftest import digits_standardized  # noqa: E402
 from gdiv import reference as ref  # noqa: E402
 from gdiv.torch import DiversityMonitor  # noqa: E402
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-9
 HIDDEN = 12
 STEPS = 60
@@ -54,11 +52,7 @@ SEED = 3
 
 @pytest.fixture(scope="module")
 def digits():
-    raw = np.loadtxt(ROOT / "testdata" / "digits.csv", delimiter=",", skiprows=1)
-    X, y = raw[:300, :64], raw[:300, 64].astype(np.int64)
-    sd = X.std(0)
-    sd[sd == 0] = 1.0
-    return np.ascontiguousarray((X - X.mean(0)) / sd), y
+    return digits_standardized(300)
 
 
 def torch_model(problem: str, d: int, k: int) -> nn.Module:
