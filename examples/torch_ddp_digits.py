@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gdiv  # noqa: E402
 import gdiv.plot  # noqa: E402
 import gdiv.torch  # noqa: E402
-from torch_digits import ROOT, Progress, Run, Tensors, evaluate, load, mlp, table  # noqa: E402
+from _common import Progress, Run, table  # noqa: E402
+from torch_digits import ROOT, Tensors, evaluate, load, mlp  # noqa: E402
 
 
 class Fixed:
