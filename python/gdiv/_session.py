@@ -92,9 +92,51 @@ class Session:
         self.lr_factor = 1.0
         self.force_lr = False  # after a load: set the lrs once, whatever the optimizer holds
 
+    @classmethod
+    def create(
+        cls,
+        *,
+        who: str,
+        policy: Optional[BatchSizePolicy],
+        loss_reduction: str,
+        lr_rule: Optional[str],
+        dataset_size: Optional[int],
+        sampling: Optional[str],
+        mechanism: Any,
+        on_nonfinite: str,
+        writer: Any,
+        **controller: Any,
+    ) -> "Session":
+        """A monitor's session with the defaults every adapter applies: the
+        sampling "shuffle" when the data set size is known, else
+        "replacement"; the policy's LR rule for a mean loss ("none" without
+        a policy or with a sum loss: Go refuses a rule there, naming the
+        reason); Langevin noise (norms mode) by the controller. Go validates
+        and adjusts the rest (``controller``: the other settings)."""
+        from .mechanisms import Langevin
+
+        if sampling is None:
+            sampling = "replacement" if dataset_size is None else "shuffle"
+        if lr_rule is None:
+            lr_rule = policy.lr_rule if policy is not None and loss_reduction == "mean" else "none"
+        ctl = Controller(
+            policy=policy,
+            loss_reduction=loss_reduction,
+            lr_rule=lr_rule,
+            dataset_size=dataset_size,
+            sampling=sampling,
+            langevin_std=mechanism.std if isinstance(mechanism, Langevin) else 0.0,
+            **controller,
+        )
+        return cls(ctl, who=who, dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
+
     @property
     def lr_rule(self) -> str:
         return self.controller.settings["lr_rule"]
+
+    @property
+    def sampling(self) -> str:
+        return self.controller.settings["sampling"]
 
     def learning_rates(self, batch: int, factor: float, current: Optional[Sequence[float]]) -> Optional[List[float]]:
         """The LR rule: the learning rates to set for the batch being

@@ -32,7 +32,6 @@ import tensorflow as tf
 
 from .._session import Session, SessionMonitor
 from .._stats import stats
-from ..controller import Controller
 from ..errors import NonFiniteError, SumOverflowError
 from ..mechanisms import Langevin, Mechanism
 from ..policy import BatchSizePolicy
@@ -189,30 +188,29 @@ class DiversityMonitor(SessionMonitor):
             loss_reduction = _reduction_of(model)
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"gdiv.keras.DiversityMonitor: loss_reduction must be 'auto', 'mean' or 'sum', got {loss_reduction!r}")
-        if sampling is None:
-            sampling = "replacement" if dataset_size is None else "shuffle"
-        if lr_rule is None:
-            lr_rule = policy.lr_rule if policy is not None and loss_reduction == "mean" else "none"
-        controller = Controller(
+        self._session = Session.create(
+            who="gdiv.keras",
             policy=policy,
-            batch_size=batch_size,
-            dataset_size=dataset_size,
-            sampling=sampling,
-            estimator_beta=estimator_beta,
             loss_reduction=loss_reduction,
             lr_rule=lr_rule,
+            dataset_size=dataset_size,
+            sampling=sampling,
+            mechanism=mechanism if mode == "norms" else None,  # full mode applies it per example
+            on_nonfinite=on_nonfinite,
+            writer=writer,
+            batch_size=batch_size,
+            estimator_beta=estimator_beta,
             seed=seed,
             max_lr_factor=max_lr_factor,
             lr_warmup_steps=lr_warmup_steps,
             world_size=self.world_size,  # Go rounds the policy: equal shares per replica
             measure_every=measure_every,
             max_measure_every=max_measure_every,
-            langevin_std=mechanism.std if mode == "norms" and isinstance(mechanism, Langevin) else 0.0,
         )
-        self._session = Session(controller, who="gdiv.keras", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
+        controller = self._session.controller
         self._model = model
         self.loss_reduction = loss_reduction
-        self.sampling = sampling
+        self.sampling = self._session.sampling
         self.dataset_size = None if dataset_size is None else int(dataset_size)
         self._optimizer = optimizer
         self.mode = mode

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .._session import RECORD_FIELDS, Session, SessionMonitor
-from ..controller import Controller
 from ..errors import NonFiniteError, SumOverflowError
-from ..mechanisms import Langevin, Mechanism
+from ..mechanisms import Mechanism
 from ..policy import BatchSizePolicy
 from ._dist import DataParallel, resolve
 from ._local import LocalGradients
@@ -176,8 +175,6 @@ class DiversityMonitor(SessionMonitor):
         check_options(model, loss_reduction, mode, mechanism, on_nonfinite, loss_fn, grad_scaler, full_max_bytes, optimizer, writer, lr_rule)
         if policy is not None and not isinstance(policy, BatchSizePolicy):
             raise TypeError(f"DiversityMonitor: policy must be a gdiv.BatchSizePolicy or None, got {type(policy).__name__}")
-        if sampling is None:
-            sampling = "replacement" if dataset_size is None else "shuffle"
         dp = resolve(model, process_group)
         if dp is not None:
             if mode == "full":
@@ -188,20 +185,18 @@ class DiversityMonitor(SessionMonitor):
             if seed is None:  # one seed for every rank's mechanism draws
                 dev = next((p.device for p in model.parameters()), torch.device("cpu"))
                 seed = dp.broadcast_int(secrets.randbits(63), dev)
-        # The LR rule: a property of the mean-reduced step only (Go refuses
-        # a rule with a sum loss, naming the reason).
-        if lr_rule is None:
-            lr_rule = policy.lr_rule if policy is not None and loss_reduction == "mean" else "none"
-        # Go validates and adjusts the rest (policy, batch, n, sampling, seed).
-        controller = Controller(
+        self._session = Session.create(
+            who="gdiv.torch",
             policy=policy,
-            batch_size=batch_size,
-            dataset_size=dataset_size,
-            sampling=sampling,
-            estimator_beta=estimator_beta,
             loss_reduction=loss_reduction,
             lr_rule=lr_rule,
-            langevin_std=mechanism.std if mode == "norms" and isinstance(mechanism, Langevin) else 0.0,
+            dataset_size=dataset_size,
+            sampling=sampling,
+            mechanism=mechanism if mode == "norms" else None,  # full mode applies it per example
+            on_nonfinite=on_nonfinite,
+            writer=writer,
+            batch_size=batch_size,
+            estimator_beta=estimator_beta,
             seed=seed,
             measure_every=measure_every,
             max_measure_every=max_measure_every,
@@ -209,7 +204,6 @@ class DiversityMonitor(SessionMonitor):
             lr_warmup_steps=lr_warmup_steps,
             world_size=1 if dp is None else dp.world,  # Go rounds the policy: equal shares per rank
         )
-        self._session = Session(controller, who="gdiv.torch", dataset_size=dataset_size, on_nonfinite=on_nonfinite, writer=writer)
         self._model = model
         self._dp: Optional[DataParallel] = dp
         self.loss_reduction = loss_reduction
@@ -217,7 +211,7 @@ class DiversityMonitor(SessionMonitor):
         self.mechanism = mechanism
         self.optimizer = optimizer
         self.dataset_size = None if dataset_size is None else int(dataset_size)
-        self.sampling = sampling
+        self.sampling = self._session.sampling
         self.grad_scaler = grad_scaler
         self.full_max_bytes = full_max_bytes
         self.loss_fn = loss_fn
